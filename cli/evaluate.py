@@ -1,0 +1,1 @@
+"""`mscn-geo evaluate` (owned by the training work; placeholder until it lands)."""

@@ -1,0 +1,100 @@
+"""``mscn-geo info``: what a checkpoint is, or what classify would do with a scene."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from mscn_geo_cli import options as opt
+from mscn_geo_cli.app import app
+
+CHECKPOINT_SUFFIXES = (".pt", ".pth")
+
+
+@app.command()
+def info(
+    path: Annotated[Path, typer.Argument(help="A checkpoint (.pt) or a GeoTIFF scene.")],
+    model: opt.ModelPath = None,
+    tile_size: opt.TileSize = None,
+    stride: opt.Stride = None,
+    bands: opt.Bands = None,
+    json_out: opt.Json = False,
+    debug: opt.Debug = False,
+) -> None:
+    """Describe a checkpoint (metadata) or a scene (what classify would do with it).
+
+    For a scene, --model/--tile-size/--stride/--bands are those classify would get.
+    """
+    from mscn_geo.errors import CheckpointError, InputError
+
+    summary: dict[str, Any] | None = None
+    if path.suffix.lower() in CHECKPOINT_SUFFIXES:
+        summary = _checkpoint_summary(path)
+    else:
+        try:
+            summary = _scene_summary(path, model, tile_size, stride, bands)
+        except InputError as scene_error:
+            try:  # a checkpoint without the usual extension?
+                summary = _checkpoint_summary(path)
+            except CheckpointError:
+                raise scene_error from None
+    if json_out:
+        print(json.dumps(summary))
+        return
+    for key, value in summary.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k}={v}" for k, v in value.items()) or "-"
+        elif isinstance(value, list):
+            value = ", ".join(map(str, value)) or "-"
+        print(f"{key:>20}: {value}")
+
+
+def _checkpoint_summary(path: Path) -> dict[str, Any]:
+    from mscn_geo.models.checkpoint import meta_from_dict, read_checkpoint
+
+    payload = read_checkpoint(path)
+    meta = meta_from_dict(payload.get("meta", {}))
+    params = sum(int(t.numel()) for t in payload["state_dict"].values() if t.is_floating_point())
+    return {
+        "kind": "checkpoint",
+        "path": str(path),
+        "status": "trained" if meta.trained else "UNTRAINED placeholder",
+        "arch": payload["arch"],
+        "arch_kwargs": payload.get("arch_kwargs", {}),
+        "parameters": params,
+        "classes": meta.class_names,
+        "num_classes": meta.num_classes,
+        "bands": meta.bands,
+        "mean": meta.mean,
+        "std": meta.std,
+        "tile_size": meta.tile_size,
+        "pixel_size_m": meta.pixel_size_m,
+        "training_data": meta.training_data,
+        "trained": meta.trained,
+        "version": meta.version,
+        "created": meta.created,
+        "metrics": meta.metrics,
+    }
+
+
+def _scene_summary(
+    path: Path, model: Path | None, tile_size: int | None, stride: int | None, bands: str | None
+) -> dict[str, Any]:
+    from mscn_geo.models.checkpoint import BUNDLED_MODEL, meta_from_dict, read_checkpoint
+    from mscn_geo.predict import ClassifyOptions, count_nodata_tiles, plan_scene
+
+    model_path = model or BUNDLED_MODEL
+    meta = meta_from_dict(read_checkpoint(model_path).get("meta", {}))
+    options = ClassifyOptions(tile_size=tile_size, stride=stride, bands=bands)
+    plan = plan_scene(path, meta, options)
+    summary: dict[str, Any] = {"kind": "scene", **plan.to_dict()}
+    skipped = count_nodata_tiles(plan.info, plan.grid)
+    summary["nodata_tiles_skipped"] = skipped
+    summary["tiles_classified"] = summary["tiles"] - skipped
+    summary["model"] = f"{model_path} ({'trained' if meta.trained else 'UNTRAINED placeholder'})"
+    summary["model_bands"] = meta.bands
+    warnings = summary.pop("warnings")
+    summary["warnings"] = warnings
+    return summary

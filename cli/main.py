@@ -1,0 +1,65 @@
+"""Entry point of the ``mscn-geo`` console script: runs the app, turns errors into exit codes.
+
+This is the one place where errors become output: a :class:`MscnGeoError` is one
+``mscn-geo: error: ...`` line on stderr and its exit code (2); a usage error is
+click's usage message and exit 2; Ctrl-C exits 130; anything else is a bug, one
+line and exit 1. ``--debug`` anywhere on the command line adds the traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from collections.abc import Sequence
+
+import click
+import typer
+from mscn_geo_cli import classify, evaluate, info, train  # noqa: F401  (register commands)
+from mscn_geo_cli.app import app
+from typer._click import exceptions as typer_click
+
+from mscn_geo.errors import MscnGeoError
+
+PROG = "mscn-geo"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``mscn-geo`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    args = [a for a in args if a != "--debug"]
+    try:
+        result = app(args=args, prog_name=PROG, standalone_mode=False)
+    except MscnGeoError as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except (typer.Exit, click.exceptions.Exit) as exc:
+        return exc.exit_code
+    # Typer >= 0.24 vendors click: its usage errors are not click's own classes.
+    except (typer_click.ClickException, click.ClickException) as exc:
+        exc.show()
+        return exc.exit_code
+    except (KeyboardInterrupt, typer.Abort, click.exceptions.Abort):
+        if debug:
+            traceback.print_exc()
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if debug:
+            traceback.print_exc()
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        detail = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+        print(
+            f"{PROG}: internal error: {detail} (run with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+    finally:
+        sys.stdout.flush()
+    return result if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""Typed errors raised by the library.
+
+The CLI turns every :class:`MscnGeoError` into one line on stderr and the
+error's ``exit_code``; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class MscnGeoError(Exception):
+    """Base class of every error a user can cause (bad input, bad options)."""
+
+    exit_code: int = 2
+
+
+class InputError(MscnGeoError):
+    """The scene cannot be used: not a raster, corrupt, no CRS, wrong bands..."""
+
+
+class CheckpointError(MscnGeoError):
+    """The checkpoint is missing, corrupt, not ours or incompatible."""
+
+
+class OutputError(MscnGeoError):
+    """An output cannot be written: exists, folder not writable, disk full."""
+
+
+class OptionError(MscnGeoError):
+    """An option value is invalid or contradicts another one."""
+
+
+class DatasetError(MscnGeoError):
+    """A training or evaluation dataset is missing, empty or mismatched."""
+
+
+class Interrupted(MscnGeoError):
+    """The run was stopped by SIGINT (exit 130) or SIGTERM (exit 143)."""
+
+    def __init__(self, signum: int) -> None:
+        import signal
+
+        name = signal.Signals(signum).name
+        super().__init__(f"interrupted by {name}; no partial outputs were left")
+        self.exit_code = 128 + signum

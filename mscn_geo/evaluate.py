@@ -1,0 +1,222 @@
+"""Accuracy of a model on labelled chips: OA, mean per-class accuracy, kappa, P/R/F1."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from mscn_geo.data import ChipDataset, scan_image_folder, stratified_split
+from mscn_geo.errors import DatasetError
+
+
+def _dihedral(x: Tensor) -> list[Tensor]:
+    """The 8 flips/rotations of a batch (aerial scenes have no 'up')."""
+    rots = [torch.rot90(x, k, dims=(-2, -1)) for k in range(4)]
+    return rots + [r.flip(-1) for r in rots]
+
+
+@torch.inference_mode()
+def predict_dataset(
+    model: nn.Module,
+    dataset: ChipDataset,
+    device: torch.device,
+    amp_dtype: torch.dtype | None = None,
+    loader: DataLoader | None = None,
+    tta: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """Softmax probabilities (N, classes) and labels (N,) for every item, in order."""
+    model.eval()
+    loader = loader or DataLoader(dataset, batch_size=64, num_workers=0)
+    probs, labels = [], []
+    for x, y in loader:
+        x = x.to(device)
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        views = _dihedral(x) if tta else [x]
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            p = sum(F.softmax(model(v).float(), dim=1) for v in views) / len(views)
+        probs.append(p.cpu())
+        labels.append(torch.as_tensor(y))
+    return torch.cat(probs), torch.cat(labels)
+
+
+def evaluate_dataset(
+    model: nn.Module,
+    dataset: ChipDataset,
+    device: torch.device,
+    amp_dtype: torch.dtype | None = None,
+    loader: DataLoader | None = None,
+) -> dict[str, float]:
+    """Quick validation used during training: mean NLL loss and overall accuracy."""
+    probs, labels = predict_dataset(model, dataset, device, amp_dtype, loader)
+    loss = F.nll_loss(probs.clamp_min(1e-12).log(), labels).item()
+    return {"loss": loss, "overall_accuracy": (probs.argmax(1) == labels).float().mean().item()}
+
+
+def classification_metrics(preds: Tensor, labels: Tensor, classes: list[str]) -> dict[str, Any]:
+    """OA, mean per-class accuracy, Cohen's kappa, per-class P/R/F1 and the confusion matrix.
+
+    Rows of the confusion matrix are true classes, columns predicted classes.
+    """
+    from torchmetrics.functional.classification import (
+        multiclass_accuracy,
+        multiclass_cohen_kappa,
+        multiclass_confusion_matrix,
+        multiclass_f1_score,
+        multiclass_precision,
+        multiclass_recall,
+    )
+
+    n = len(classes)
+    kw = {"num_classes": n}
+    cm = multiclass_confusion_matrix(preds, labels, **kw)
+    per_p = multiclass_precision(preds, labels, average="none", **kw)
+    per_r = multiclass_recall(preds, labels, average="none", **kw)
+    per_f = multiclass_f1_score(preds, labels, average="none", **kw)
+    support = cm.sum(1)
+    present = support > 0
+    return {
+        "n_images": int(labels.numel()),
+        "classes": list(classes),
+        "overall_accuracy": multiclass_accuracy(preds, labels, average="micro", **kw).item(),
+        "mean_per_class_accuracy": per_r[present].mean().item() if present.any() else 0.0,
+        "kappa": multiclass_cohen_kappa(preds, labels, **kw).item(),
+        "per_class": {
+            c: {
+                "precision": per_p[i].item(),
+                "recall": per_r[i].item(),
+                "f1": per_f[i].item(),
+                "support": int(support[i]),
+            }
+            for i, c in enumerate(classes)
+        },
+        "confusion_matrix": cm.tolist(),
+    }
+
+
+def load_labelled_folder(
+    data_dir: Path,
+    model_classes: list[str],
+    size: int,
+    bands: int,
+    split: str = "all",
+    val_fraction: float = 0.2,
+    seed: int = 0,
+) -> ChipDataset:
+    """Chips of ``data_dir`` labelled with the *model's* class indices.
+
+    Class folders are matched to the model's class names by name; a folder the
+    model does not know is an error. ``split`` = ``val``/``train`` rebuilds the
+    stratified split that training used (same fraction and seed).
+    """
+    folder_classes, samples = scan_image_folder(data_dir)
+    unknown = [c for c in folder_classes if c not in model_classes]
+    if unknown:
+        raise DatasetError(
+            f"class folders not known to the model: {', '.join(unknown)} "
+            f"(model classes: {', '.join(model_classes)})"
+        )
+    if split != "all":
+        tr, va = stratified_split([s.label for s in samples], val_fraction, seed)
+        chosen = {"train": tr, "val": va}.get(split)
+        if chosen is None:
+            raise DatasetError(f"unknown split {split!r} (all, train or val)")
+        samples = [samples[i] for i in chosen]
+    labels = [model_classes.index(folder_classes[s.label]) for s in samples]
+    return ChipDataset([s.path for s in samples], labels, model_classes, size=size, bands=bands)
+
+
+def evaluate_folder(
+    data_dir: Path,
+    model_path: Path | None = None,
+    out_dir: Path | None = None,
+    split: str = "all",
+    val_fraction: float | None = None,
+    seed: int | None = None,
+    device: str = "auto",
+    amp: bool | None = None,
+    batch_size: int = 32,
+    tta: bool = False,
+) -> dict[str, Any]:
+    """Evaluate a checkpoint (default: the bundled model) on a labelled folder.
+
+    Writes ``confusion_matrix.csv`` and ``confusion_matrix.png`` in ``out_dir``
+    when given. The split's fraction and seed default to the ones the model
+    was trained with (from its recipe).
+    """
+    from mscn_geo.device import autocast_dtype, resolve_device
+    from mscn_geo.models import load_checkpoint
+    from mscn_geo.train import eval_transform
+
+    loaded = load_checkpoint(model_path)
+    meta = loaded.meta
+    recipe = meta.recipe or {}
+    val_fraction = val_fraction if val_fraction is not None else recipe.get("val_fraction", 0.2)
+    seed = seed if seed is not None else recipe.get("seed", 0)
+    ds = load_labelled_folder(
+        Path(data_dir), meta.class_names, meta.tile_size, meta.in_chans, split, val_fraction, seed
+    )
+    ds.transform = eval_transform(meta.mean, meta.std)
+    dev = resolve_device(device)
+    model = loaded.model.to(dev)
+    loader = DataLoader(ds, batch_size=batch_size, num_workers=0)
+    probs, labels = predict_dataset(model, ds, dev, autocast_dtype(dev, amp), loader, tta=tta)
+    result = classification_metrics(probs.argmax(1), labels, meta.class_names)
+    result.update(model=loaded.label, data=str(data_dir), split=split, tta=tta)
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        result["outputs"] = {
+            "confusion_csv": str(write_confusion_csv(out_dir / "confusion_matrix.csv", result)),
+            "confusion_png": str(plot_confusion(out_dir / "confusion_matrix.png", result)),
+        }
+    return result
+
+
+def write_confusion_csv(path: Path, result: dict[str, Any]) -> Path:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["true \\ predicted", *result["classes"]])
+        for name, row in zip(result["classes"], result["confusion_matrix"], strict=True):
+            w.writerow([name, *row])
+    os.replace(tmp, path)
+    return path
+
+
+def plot_confusion(path: Path, result: dict[str, Any]) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    cm = np.asarray(result["confusion_matrix"], dtype=float)
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    classes = result["classes"]
+    size = max(5.0, 0.45 * len(classes) + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(classes)), classes, rotation=90)
+    ax.set_yticks(range(len(classes)), classes)
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            if cm[i, j]:
+                ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"OA {result['overall_accuracy']:.3f}, kappa {result['kappa']:.3f}")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path

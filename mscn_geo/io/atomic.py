@@ -1,0 +1,209 @@
+"""All-or-nothing output files.
+
+Every output of a scene is first written under a hidden temporary name in the
+destination folder (same filesystem, so the final ``os.replace`` is a rename)
+and only renamed to its final name once all of them are complete. Readers and
+glob patterns such as ``*.gpkg`` never see a half-written file, and a failure
+leaves the folder as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from mscn_geo.errors import MscnGeoError, OutputError
+
+__all__ = ["PAM_SUFFIX", "atomic_outputs", "output_paths", "style_sidecar", "temporary_path"]
+
+#: GDAL's "persistent auxiliary metadata" sidecar, e.g. ``scene_classes.tif.aux.xml``.
+PAM_SUFFIX = ".aux.xml"
+
+# Files GDAL/SQLite may create next to a dataset while it is open.
+_TRANSIENT_SUFFIXES = ("-journal", "-wal", "-shm")
+# Files GDAL keeps next to a raster; they describe its content, so they travel with it.
+_GDAL_SIDECARS = (PAM_SUFFIX, ".ovr", ".msk")
+_RASTER_SUFFIXES = (".tif", ".tiff")
+
+_DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+# GDAL and SQLite report a full disk as text, without an errno.
+_DISK_FULL_MESSAGES = ("no space left on device", "disk quota exceeded", "database or disk is full")
+# Below this much free space a failed write is most likely a full disk.
+_LOW_SPACE_BYTES = 1 << 20
+
+
+def style_sidecar(path: Path) -> Path:
+    """The QGIS style file QGIS loads by default for the file ``path`` (``x.tif`` -> ``x.qml``)."""
+    return Path(path).with_suffix(".qml")
+
+
+def output_paths(scene: Path, out_dir: Path) -> dict[str, Path]:
+    """Final output paths for one scene.
+
+    Returns ``{'gpkg': out/<stem>.gpkg, 'raster': out/<stem>_classes.tif,
+    'aux': out/<stem>_classes.tif.aux.xml, 'qml': out/<stem>_classes.qml}``. The
+    two sidecars belong to the class raster: ``aux`` holds its category names
+    (GeoTIFF cannot embed them), ``qml`` its QGIS style (a legend with exactly the
+    classes). :class:`~mscn_geo.io.raster.ClassRasterWriter` writes both next to
+    the raster's temporary, at the temporaries :func:`atomic_outputs` gives for them.
+    """
+    stem = Path(scene).stem
+    out_dir = Path(out_dir)
+    raster = out_dir / f"{stem}_classes.tif"
+    return {
+        "gpkg": out_dir / f"{stem}.gpkg",
+        "raster": raster,
+        "aux": raster.with_name(raster.name + PAM_SUFFIX),
+        "qml": style_sidecar(raster),
+    }
+
+
+def temporary_path(final: Path) -> Path:
+    """Hidden temporary name for ``final`` in the same folder.
+
+    The extension is kept so GDAL picks the right driver
+    (``scene.gpkg`` -> ``.scene.<pid>.partial.gpkg``). A GDAL sidecar maps onto the
+    sidecar of its dataset's temporary (``x.tif.aux.xml`` -> ``.x.<pid>.partial.tif.aux.xml``),
+    so a writer that creates the sidecar next to the temporary dataset creates exactly it.
+    """
+    final = Path(final)
+    if final.name.endswith(PAM_SUFFIX) and len(final.name) > len(PAM_SUFFIX):
+        base = temporary_path(final.with_name(final.name[: -len(PAM_SUFFIX)]))
+        return base.with_name(base.name + PAM_SUFFIX)
+    return final.with_name(f".{final.stem}.{os.getpid()}.partial{final.suffix}")
+
+
+def _sidecars(path: Path) -> list[Path]:
+    """Files that belong to the dataset ``path`` and must follow it."""
+    sidecars = [path.with_name(path.name + suffix) for suffix in _GDAL_SIDECARS]
+    if path.suffix.lower() in _RASTER_SUFFIXES:
+        sidecars.append(style_sidecar(path))
+    return sidecars
+
+
+def _side_files(path: Path) -> list[Path]:
+    transient = [path.with_name(path.name + suffix) for suffix in _TRANSIENT_SUFFIXES]
+    return transient + _sidecars(path)
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
+def _check_destination(finals: Sequence[Path], overwrite: bool) -> None:
+    for folder in dict.fromkeys(path.parent for path in finals):
+        if not folder.exists():
+            raise OutputError(f"output folder {folder} does not exist")
+        if not folder.is_dir():
+            raise OutputError(f"output folder {folder} is not a folder")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise OutputError(f"output folder {folder} is not writable")
+    if overwrite:
+        for final in finals:
+            if final.is_dir():
+                raise OutputError(f"{final} is a folder; cannot overwrite it")
+        return
+    for final in finals:
+        # A sidecar left from an earlier run belongs to that run's output too.
+        for existing in (final, *_sidecars(final)):
+            if existing.exists() or existing.is_symlink():
+                raise OutputError(f"{existing} exists; use --overwrite")
+
+
+def _is_disk_full(exc: BaseException, folder: Path) -> bool:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in _DISK_FULL_ERRNOS:
+            return True
+        if any(message in str(current).lower() for message in _DISK_FULL_MESSAGES):
+            return True
+        current = current.__cause__ or current.__context__
+    if isinstance(exc, MscnGeoError | KeyboardInterrupt | SystemExit):
+        return False
+    try:
+        return shutil.disk_usage(folder).free < _LOW_SPACE_BYTES
+    except OSError:
+        return False
+
+
+def _fsync(path: Path) -> None:
+    # Data must be on disk before the rename makes it visible, or a crash right
+    # after could leave a complete-looking but empty file.
+    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) if path.is_dir() else os.O_RDONLY
+    with contextlib.suppress(OSError):
+        fd = os.open(path, flags)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_outputs(finals: Sequence[Path], overwrite: bool = False) -> Iterator[list[Path]]:
+    """Write several output files so they appear together or not at all.
+
+    Yields one temporary path per final path (same folder, hidden name keeping
+    the extension, see :func:`temporary_path`); the block writes them. On normal
+    exit every temporary is renamed to its final path (``os.replace``); GDAL
+    sidecars of a temporary (``.aux.xml``, ``.ovr``) follow it even when not listed.
+    On an exception every temporary and its GDAL/SQLite side files are removed
+    and the exception is re-raised; no final file is created or replaced.
+
+    Raises:
+        OutputError: before anything is written if a final (or a sidecar of it)
+            exists and not ``overwrite`` ("... exists; use --overwrite"), or a
+            folder is missing or not writable; during the block, a full disk or
+            exceeded quota becomes ``OutputError('disk full while writing ...')``;
+            after it, a listed temporary the block did not create.
+    """
+    finals = [Path(final) for final in finals]
+    if len(set(finals)) != len(finals):
+        raise ValueError(f"duplicate output paths: {finals}")
+    _check_destination(finals, overwrite)
+    temps = [temporary_path(final) for final in finals]
+
+    def cleanup() -> None:
+        for temp in temps:
+            for path in (temp, *_side_files(temp)):
+                _remove(path)
+
+    cleanup()  # leftovers of a killed run that had the same pid
+    try:
+        yield list(temps)
+        missing = [final for final, temp in zip(finals, temps, strict=True) if not temp.exists()]
+        if missing:
+            raise OutputError(f"internal error: {', '.join(map(str, missing))} was not written")
+        for temp in temps:
+            _fsync(temp)
+    except BaseException as exc:
+        disk_full = _is_disk_full(exc, finals[0].parent) if finals else False
+        cleanup()
+        if disk_full:
+            where = ", ".join(str(final) for final in finals)
+            raise OutputError(f"disk full while writing {where}") from exc
+        raise
+
+    listed = set(temps) | set(finals)
+    for final, temp in zip(finals, temps, strict=True):
+        os.replace(temp, final)
+        # A sidecar written for the temporary goes with it even when not listed; a
+        # stale GDAL sidecar of the replaced final would describe the old file.
+        for temp_side, final_side in zip(_sidecars(temp), _sidecars(final), strict=True):
+            if temp_side in listed or final_side in listed:
+                continue
+            if temp_side.exists():
+                os.replace(temp_side, final_side)
+            elif final_side.name.endswith(_GDAL_SIDECARS):
+                _remove(final_side)
+    for folder in dict.fromkeys(final.parent for final in finals):
+        _fsync(folder)

@@ -1,0 +1,179 @@
+"""One-file checkpoints that carry their own metadata (like timm's pretrained cfg).
+
+A checkpoint is a ``torch.save``d dict of plain Python values and tensors, so
+it loads with ``weights_only=True`` (no pickled code runs):
+
+    {"format": "mscn-geo-checkpoint", "format_version": 1,
+     "arch": "mscn_resnet18", "arch_kwargs": {...},
+     "meta": ModelMeta as dict, "state_dict": {...}}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mscn_geo.errors import CheckpointError
+from mscn_geo.models.registry import create_model, list_models
+
+FORMAT = "mscn-geo-checkpoint"
+FORMAT_VERSION = 1
+BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "weights" / "mscn_resnet18_ucmerced.pt"
+
+
+@dataclass
+class ModelMeta:
+    """Everything needed to use a model on new imagery.
+
+    Pixel values are divided by 255 and then normalised with ``mean``/``std``
+    (one value per band, in 0..1 units).
+    """
+
+    class_names: list[str]
+    bands: list[str] = field(default_factory=lambda: ["red", "green", "blue"])
+    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    tile_size: int = 256
+    pixel_size_m: float = 0.3
+    training_data: str = "none (random weights)"
+    trained: bool = False
+    version: str = ""
+    created: str = ""
+    recipe: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def in_chans(self) -> int:
+        return len(self.bands)
+
+    def validate(self) -> None:
+        n = len(self.bands)
+        if not self.class_names:
+            raise CheckpointError("checkpoint has no class names")
+        if len(self.mean) != n or len(self.std) != n:
+            raise CheckpointError(f"checkpoint mean/std do not match its {n} bands")
+        if any(s <= 0 for s in self.std):
+            raise CheckpointError("checkpoint std must be positive")
+        if self.tile_size < 32:
+            raise CheckpointError(f"checkpoint tile size {self.tile_size} is below 32 px")
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for inference, with the metadata it came with."""
+
+    model: nn.Module
+    arch: str
+    arch_kwargs: dict[str, Any]
+    meta: ModelMeta
+    path: Path | None = None
+
+    @property
+    def label(self) -> str:
+        """One-line description used in reports; flags untrained weights."""
+        status = "trained" if self.meta.trained else "UNTRAINED placeholder"
+        name = self.path.name if self.path else "<memory>"
+        return f"{name} ({self.arch}, {self.meta.num_classes} classes, {status})"
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str],
+    model: nn.Module,
+    arch: str,
+    meta: ModelMeta,
+    arch_kwargs: dict[str, Any] | None = None,
+    half: bool = False,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write a checkpoint atomically (temporary name, then rename).
+
+    Args:
+        half: store floating-point weights as fp16 (halves the size).
+        extra: more top-level entries (optimizer state for resuming...).
+    """
+    from mscn_geo import __version__
+
+    meta.validate()
+    if not meta.version:
+        meta.version = __version__
+    state = {
+        k: (v.half() if half and v.is_floating_point() else v).detach().cpu().clone()
+        for k, v in model.state_dict().items()
+    }
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "arch": arch,
+        "arch_kwargs": dict(arch_kwargs or {}),
+        "meta": dataclasses.asdict(meta),
+        "state_dict": state,
+        **(extra or {}),
+    }
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read and check a checkpoint file without building the model."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint is a directory: {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for bad files
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path} is not a readable checkpoint ({first[:120]})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not an mscn-geo checkpoint")
+    if payload.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint format {payload['format_version']}; "
+            f"this mscn-geo reads up to {FORMAT_VERSION}: upgrade mscn-geo"
+        )
+    if payload.get("arch") not in list_models():
+        raise CheckpointError(f"{path} uses unknown architecture {payload.get('arch')!r}")
+    return payload
+
+
+def meta_from_dict(raw: dict[str, Any]) -> ModelMeta:
+    known = {f.name for f in dataclasses.fields(ModelMeta)}
+    try:
+        meta = ModelMeta(**{k: v for k, v in raw.items() if k in known})
+    except TypeError as exc:
+        raise CheckpointError(f"checkpoint metadata is incomplete: {exc}") from exc
+    meta.validate()
+    return meta
+
+
+def load_checkpoint(path: str | os.PathLike[str] | None = None) -> LoadedModel:
+    """Build the model stored in ``path`` (default: the bundled model), in eval mode, fp32."""
+    path = Path(path) if path is not None else BUNDLED_MODEL
+    payload = read_checkpoint(path)
+    meta = meta_from_dict(payload.get("meta", {}))
+    arch, kwargs = payload["arch"], dict(payload.get("arch_kwargs", {}))
+    model = create_model(arch, num_classes=meta.num_classes, in_chans=meta.in_chans, **kwargs)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not match {arch}: {str(exc)[:200]}") from exc
+    model.eval()
+    return LoadedModel(model=model, arch=arch, arch_kwargs=kwargs, meta=meta, path=path)

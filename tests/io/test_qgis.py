@@ -1,0 +1,148 @@
+"""What QGIS (the system install, not the venv) shows for our outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rasterio.transform import from_origin
+from rasterio.windows import Window
+
+from mscn_geo.io import (
+    ClassRasterWriter,
+    atomic_outputs,
+    class_colours,
+    output_paths,
+    write_tiles_gpkg,
+)
+from tests.io.test_vector import make_tiles
+
+QGIS_PYTHON = "/usr/bin/python3"
+CHECK_SCRIPT = Path(__file__).resolve().parents[1] / "qgis_check.py"
+NAMES = ["forest", "river", "denseresidential"]
+COLOURS = class_colours(NAMES)
+
+
+def _qgis_available() -> bool:
+    try:
+        probe = subprocess.run(
+            [QGIS_PYTHON, "-c", "import qgis.core"],
+            capture_output=True,
+            timeout=60,
+            env={**os.environ, "QT_QPA_PLATFORM": "offscreen"},
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return probe.returncode == 0
+
+
+pytestmark = [
+    pytest.mark.qgis,
+    pytest.mark.skipif(not _qgis_available(), reason="QGIS python (qgis.core) not installed"),
+]
+
+
+def _qgis_report(gpkg: Path, raster: Path) -> dict:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PYTHON")}
+    env["QT_QPA_PLATFORM"] = "offscreen"
+    result = subprocess.run(
+        [QGIS_PYTHON, str(CHECK_SCRIPT), "--gpkg", str(gpkg), "--raster", str(raster)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+@pytest.mark.parametrize(
+    ("crs", "transform", "size", "origin"),
+    [
+        ("EPSG:32633", from_origin(500_000.0, 5_000_000.0, 1.0, 1.0), 100.0, (500_000.0, 5e6)),
+        ("EPSG:4326", from_origin(10.0, 50.0, 0.00001, 0.00001), 0.001, (10.0, 50.0)),
+    ],
+    ids=["utm33n", "wgs84"],
+)
+def test_qgis_shows_styled_layers(
+    tmp_path: Path, crs: str, transform: object, size: float, origin: tuple[float, float]
+) -> None:
+    paths = output_paths(Path("scene.tif"), tmp_path)
+    tiles = make_tiles(crs, rows=2, cols=3, size=size, origin=origin)
+    data = np.full((200, 300), 255, np.uint8)
+    for record in tiles.itertuples():
+        data[
+            record.row * 100 : (record.row + 1) * 100, record.col * 100 : (record.col + 1) * 100
+        ] = record.class_id
+    with atomic_outputs(list(paths.values())) as temps:
+        temp = dict(zip(paths, temps, strict=True))
+        write_tiles_gpkg(temp["gpkg"], tiles, NAMES, COLOURS)
+        with ClassRasterWriter(
+            temp["raster"],
+            width=300,
+            height=200,
+            crs=crs,
+            transform=transform,
+            class_names=NAMES,
+            colours=COLOURS,
+        ) as writer:
+            writer.write(Window(0, 0, 300, 100), data[:100])
+            writer.write(Window(0, 100, 300, 100), data[100:])
+
+    report = _qgis_report(paths["gpkg"], paths["raster"])
+    assert report["qgis_version"].startswith("3.")
+
+    vector = report["vector"]
+    assert vector["valid"] is True
+    assert vector["crs"] == crs
+    assert vector["feature_count"] == 6
+    # The default style from layer_styles was applied (QGIS's own default is singleSymbol).
+    assert vector["renderer"] == "categorizedSymbol"
+    assert vector["attribute"] == "class_name"
+    assert [c["label"] for c in vector["categories"]] == NAMES
+    assert [tuple(c["colour"]) for c in vector["categories"]] == COLOURS
+
+    raster = report["raster"]
+    assert raster["valid"] is True
+    assert raster["crs"] == crs
+    assert (raster["width"], raster["height"]) == (300, 200)
+    assert raster["nodata"] == 255
+    assert raster["renderer"] == "paletted"
+    assert [c["label"] for c in raster["classes"]] == NAMES
+    assert [c["value"] for c in raster["classes"]] == [0, 1, 2]
+    assert [tuple(c["colour"]) for c in raster["classes"]] == COLOURS
+    assert raster["legend"] == NAMES
+    # Without the .qml, QGIS still names the classes, from the GDAL category names.
+    assert raster["provider_colour_table_labels"][:3] == NAMES
+
+
+def test_qgis_labels_come_from_category_names_without_qml(tmp_path: Path) -> None:
+    raster = tmp_path / "scene_classes.tif"
+    with ClassRasterWriter(
+        raster,
+        width=300,
+        height=200,
+        crs="EPSG:32633",
+        transform=from_origin(500_000.0, 5_000_000.0, 1.0, 1.0),
+        class_names=NAMES,
+        colours=COLOURS,
+        qgis_style=False,
+    ) as writer:
+        writer.write(Window(0, 0, 300, 200), np.ones((200, 300), np.uint8))
+    gpkg = tmp_path / "scene.gpkg"
+    write_tiles_gpkg(gpkg, make_tiles().iloc[:0], NAMES, COLOURS)
+    report = _qgis_report(gpkg, raster)
+    assert report["raster"]["renderer"] == "paletted"
+    labels = [c["label"] for c in report["raster"]["classes"]]
+    # GDAL's colour table always has 256 entries; QGIS lists them all, named where it can.
+    assert labels[:3] == NAMES
+    assert labels[3] == "3"
+    # An empty layer is still valid and styled.
+    assert report["vector"]["valid"] is True
+    assert report["vector"]["feature_count"] == 0
+    assert report["vector"]["renderer"] == "categorizedSymbol"

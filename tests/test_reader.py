@@ -1,0 +1,132 @@
+"""Opening and checking scenes, choosing bands, reading tiles with their nodata."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.enums import ColorInterp
+from rasterio.windows import Window
+
+from mscn_geo.errors import InputError, OptionError
+from mscn_geo.reader import TileReader, open_scene, parse_bands
+from mscn_geo.tiling import Tile
+
+RGB = ["red", "green", "blue"]
+
+
+def test_missing_directory_and_not_a_raster(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="scene not found"):
+        open_scene(tmp_path / "nope.tif", RGB)
+    with pytest.raises(InputError, match="is a directory"):
+        open_scene(tmp_path, RGB)
+    text = tmp_path / "notes.tif"
+    text.write_text("this is not a GeoTIFF\n")
+    with pytest.raises(InputError, match="not a readable raster"):
+        open_scene(text, RGB)
+
+
+def test_truncated_file_is_an_input_error(make_scene, tmp_path: Path) -> None:
+    good = make_scene(128, 128, tiled=False)
+    broken = tmp_path / "broken.tif"
+    broken.write_bytes(good.read_bytes()[:2000])
+    with pytest.raises(InputError):
+        info = open_scene(broken, RGB)
+        with TileReader(info, 64) as reader:  # or fails on the first tile read
+            reader.read(Tile(0, 0, Window(0, 0, 64, 64), False))
+
+
+def test_no_crs(make_scene) -> None:
+    with pytest.raises(InputError, match="has no CRS"):
+        open_scene(make_scene(64, 64, crs=None), RGB)
+
+
+def test_uint16_not_supported_yet(make_scene) -> None:
+    with pytest.raises(InputError, match="uint16 data: scaling not supported yet"):
+        open_scene(make_scene(64, 64, dtype="uint16"), RGB)
+
+
+def test_band_choice(make_scene) -> None:
+    assert open_scene(make_scene(64, 64), RGB).band_indexes == [1, 2, 3]
+    assert open_scene(make_scene(64, 64), RGB, [3, 2, 1]).band_indexes == [3, 2, 1]
+    with pytest.raises(InputError, match="1 band"):
+        open_scene(make_scene(64, 64, name="gray.tif", bands=1), RGB)
+    with pytest.raises(OptionError, match="needs 3"):
+        open_scene(make_scene(64, 64), RGB, [1, 2])
+    with pytest.raises(OptionError, match="out of range"):
+        open_scene(make_scene(64, 64), RGB, [1, 2, 5])
+
+
+def test_four_bands_by_colour_interpretation(make_scene) -> None:
+    path = make_scene(64, 64, bands=4)
+    with rasterio.open(path, "r+") as ds:
+        ds.colorinterp = [
+            ColorInterp.blue,
+            ColorInterp.green,
+            ColorInterp.red,
+            ColorInterp.undefined,
+        ]
+    info = open_scene(path, RGB)
+    assert info.band_indexes == [3, 2, 1]
+    assert info.warnings == []
+
+
+def test_four_bands_unknown_interpretation_takes_first_three_with_warning(make_scene) -> None:
+    path = make_scene(64, 64, bands=4)
+    with rasterio.open(path, "r+") as ds:
+        ds.colorinterp = [ColorInterp.gray] + [ColorInterp.undefined] * 3
+    info = open_scene(path, RGB)
+    assert info.band_indexes == [1, 2, 3]
+    assert "--bands" in info.warnings[0]
+
+
+def test_parse_bands() -> None:
+    assert parse_bands("1, 2,3") == [1, 2, 3]
+    assert parse_bands(None) is None
+    with pytest.raises(OptionError):
+        parse_bands("red,green")
+
+
+def test_nodata_value_fraction_and_skip(make_scene) -> None:
+    info = open_scene(make_scene(128, 64, nodata_cols=80), RGB)
+    assert info.nodata_from_value
+    with TileReader(info, 64) as reader:
+        empty = reader.read(Tile(0, 0, Window(0, 0, 64, 64), False))
+        assert empty.pixels is None and empty.nodata_fraction == 1.0
+        part = reader.read(Tile(0, 1, Window(64, 0, 64, 64), False))
+        assert part.nodata_fraction == pytest.approx(16 / 64)
+        assert part.valid is not None and part.pixels is not None
+        assert not part.valid[:, :16].any() and part.valid[:, 16:].all()
+        assert part.pixels.shape == (3, 64, 64) and part.pixels.dtype == np.uint8
+
+
+def test_internal_mask_and_alpha_band(make_scene, tmp_path: Path) -> None:
+    masked = make_scene(64, 64, nodata=None, name="masked.tif")
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(masked, "r+") as ds:
+        mask = np.full((64, 64), 255, dtype=np.uint8)
+        mask[:, :32] = 0
+        ds.write_mask(mask)
+    alpha = make_scene(64, 64, nodata=None, bands=4, name="alpha.tif")
+    with rasterio.open(alpha, "r+") as ds:
+        ds.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha]
+        band = np.full((64, 64), 255, dtype=np.uint8)
+        band[:48] = 0
+        ds.write(band, 4)
+    for path, fraction in ((masked, 0.5), (alpha, 0.75)):
+        info = open_scene(path, RGB)
+        assert info.band_indexes == [1, 2, 3]
+        with TileReader(info, 64) as reader:
+            tile = reader.read(Tile(0, 0, Window(0, 0, 64, 64), False))
+        assert tile.nodata_fraction == pytest.approx(fraction), path.name
+
+
+def test_padded_tile_is_zero_and_invalid_outside(make_scene) -> None:
+    info = open_scene(make_scene(40, 50), RGB)
+    with TileReader(info, 64) as reader:
+        tile = reader.read(Tile(0, 0, Window(0, 0, 40, 50), True))
+    assert tile.pixels is not None and tile.valid is not None
+    assert tile.pixels.shape == (3, 64, 64)
+    assert tile.valid[:50, :40].all() and not tile.valid[50:].any() and not tile.valid[:, 40:].any()
+    assert tile.nodata_fraction == 0.0
