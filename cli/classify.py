@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -15,31 +17,46 @@ from mscn_geo_cli.app import app
 @app.command()
 def classify(
     scenes: Annotated[
-        list[Path], typer.Argument(help="GeoTIFF scene(s) to classify.", show_default=False)
+        list[str],
+        typer.Argument(
+            help="Scenes: files, glob patterns, folders (their .tif/.tiff/.vrt files), "
+            "or - to read paths from stdin.",
+            show_default=False,
+        ),
     ],
     model: opt.ModelPath = None,
     out: opt.OutDir = Path("."),
     tile_size: opt.TileSize = None,
     stride: opt.Stride = None,
     bands: opt.Bands = None,
+    scale: opt.Scale = None,
+    resample: opt.Resample = False,
+    no_pad: opt.NoPad = False,
+    allow_no_crs: opt.AllowNoCrs = False,
     batch_size: opt.BatchSize = 16,
     device: opt.Device = "auto",
     amp: opt.Amp = None,
     workers: opt.Workers = 2,
     overwrite: opt.Overwrite = False,
+    skip_existing: opt.SkipExisting = False,
+    resume: opt.Resume = False,
+    keep_going: opt.KeepGoing = False,
     json_out: opt.Json = False,
     quiet: opt.Quiet = False,
     debug: opt.Debug = False,
-) -> None:
+) -> int:
     """Classify each tile of each SCENE; write <scene>.gpkg and <scene>_classes.tif to --out.
 
-    Scenes are done one after the other; the first error stops the run (outputs of
-    scenes already done stay, the failing scene leaves nothing behind).
+    Scenes are done one after the other. The first error stops the run (outputs of
+    scenes already done stay, the failing scene leaves nothing behind) unless
+    --keep-going is given. With --json, one JSON line per scene on stdout.
     """
     from tqdm import tqdm
 
+    from mscn_geo.batch import classify_scenes, expand_scenes, raise_on_signals
+    from mscn_geo.errors import MscnGeoError
     from mscn_geo.models import load_checkpoint
-    from mscn_geo.predict import ClassifyOptions, check_scene_list, classify_scene
+    from mscn_geo.predict import ClassifyOptions
 
     options = ClassifyOptions(
         tile_size=tile_size,
@@ -51,30 +68,56 @@ def classify(
         workers=workers,
         out_dir=out,
         overwrite=overwrite,
+        scale=scale,
+        allow_no_crs=allow_no_crs,
+        pad=not no_pad,
+        resample=resample,
+        resume=resume,
     )
-    options.check()
-    check_scene_list(scenes, out)
-    loaded = load_checkpoint(model)
     show_bar = not quiet and sys.stderr.isatty()
-    for scene in scenes:
-        with tqdm(
-            total=0,
-            desc=scene.name,
-            unit="tile",
-            disable=not show_bar,
-            file=sys.stderr,
-            leave=False,
-        ) as bar:
 
-            def progress(done: int, total: int, bar: tqdm = bar) -> None:
+    @contextlib.contextmanager
+    def progress_for(scene: Path) -> Iterator:
+        with tqdm(
+            total=0, desc=scene.name, unit="tile", disable=not show_bar, file=sys.stderr,
+            leave=False,
+        ) as bar:  # fmt: skip
+
+            def progress(done: int, total: int) -> None:
                 bar.total = total
                 bar.update(done - bar.n)
 
-            result = classify_scene(scene, loaded, options, progress=progress)
-        if json_out:
-            print(json.dumps(result.to_dict()), flush=True)
-        else:
-            _print_summary(result.to_dict())
+            yield progress
+
+    failed = 0
+    with raise_on_signals():
+        options.check()
+        paths = expand_scenes(scenes, sys.stdin if "-" in scenes else None)
+        loaded = load_checkpoint(model)
+        outcomes = classify_scenes(
+            paths,
+            loaded,
+            options,
+            keep_going=keep_going,
+            skip_existing=skip_existing,
+            progress_for=progress_for,
+        )
+        for outcome in outcomes:
+            summary = outcome.to_dict()
+            if json_out:
+                print(json.dumps(summary), flush=True)
+            elif outcome.status == "ok":
+                _print_summary(summary)
+            elif outcome.status == "skipped":
+                print(f"{outcome.scene}: skipped, outputs exist", flush=True)
+            if outcome.status == "error":
+                failed += 1
+                if keep_going:  # without --keep-going main() prints the error
+                    print(f"mscn-geo: error: {summary['error']}", file=sys.stderr, flush=True)
+    if failed:
+        print(f"mscn-geo: error: {failed} of {len(paths)} scene(s) failed", file=sys.stderr)
+        return MscnGeoError.exit_code
+    return 0
 
 
 def _print_summary(summary: dict) -> None:

@@ -20,13 +20,29 @@ def info(
     tile_size: opt.TileSize = None,
     stride: opt.Stride = None,
     bands: opt.Bands = None,
+    scale: opt.Scale = None,
+    resample: opt.Resample = False,
+    no_pad: opt.NoPad = False,
+    allow_no_crs: opt.AllowNoCrs = False,
     json_out: opt.Json = False,
     debug: opt.Debug = False,
 ) -> None:
     """Describe a checkpoint (metadata) or a scene (what classify would do with it).
 
-    For a scene, --model/--tile-size/--stride/--bands are those classify would get.
+    For a scene, the options are those classify would get; nothing is classified
+    and pixels are only sampled (overviews or masks), never read whole.
     """
+    from mscn_geo.predict import ClassifyOptions
+
+    options = ClassifyOptions(
+        tile_size=tile_size,
+        stride=stride,
+        bands=bands,
+        scale=scale,
+        resample=resample,
+        pad=not no_pad,
+        allow_no_crs=allow_no_crs,
+    )
     from mscn_geo.errors import CheckpointError, InputError
 
     summary: dict[str, Any] | None = None
@@ -34,7 +50,7 @@ def info(
         summary = _checkpoint_summary(path)
     else:
         try:
-            summary = _scene_summary(path, model, tile_size, stride, bands)
+            summary = _scene_summary(path, model, options)
         except InputError as scene_error:
             try:  # a checkpoint without the usual extension?
                 summary = _checkpoint_summary(path)
@@ -79,22 +95,26 @@ def _checkpoint_summary(path: Path) -> dict[str, Any]:
     }
 
 
-def _scene_summary(
-    path: Path, model: Path | None, tile_size: int | None, stride: int | None, bands: str | None
-) -> dict[str, Any]:
+def _scene_summary(path: Path, model: Path | None, options: Any) -> dict[str, Any]:
     from mscn_geo.models.checkpoint import BUNDLED_MODEL, meta_from_dict, read_checkpoint
-    from mscn_geo.predict import ClassifyOptions, count_nodata_tiles, plan_scene
+    from mscn_geo.predict import estimate_nodata_tiles, plan_scene
 
     model_path = model or BUNDLED_MODEL
     meta = meta_from_dict(read_checkpoint(model_path).get("meta", {}))
-    options = ClassifyOptions(tile_size=tile_size, stride=stride, bands=bands)
+    options.check()
     plan = plan_scene(path, meta, options)
     summary: dict[str, Any] = {"kind": "scene", **plan.to_dict()}
-    skipped = count_nodata_tiles(plan.info, plan.grid)
+    skipped, estimated = estimate_nodata_tiles(plan.info, plan.grid)
     summary["nodata_tiles_skipped"] = skipped
+    summary["nodata_tiles_estimated"] = estimated
     summary["tiles_classified"] = summary["tiles"] - skipped
+    tile_area = plan.grid.tile**2
+    summary["skipped_area_px"] = (
+        f"{'about ' if estimated else ''}{skipped * tile_area} px in {skipped} tile(s)"
+    )
     summary["model"] = f"{model_path} ({'trained' if meta.trained else 'UNTRAINED placeholder'})"
     summary["model_bands"] = meta.bands
+    summary["model_pixel_size_m"] = meta.pixel_size_m
     warnings = summary.pop("warnings")
     summary["warnings"] = warnings
     return summary

@@ -3,11 +3,14 @@
 This is the one place where errors become output: a :class:`MscnGeoError` is one
 ``mscn-geo: error: ...`` line on stderr and its exit code (2); a usage error is
 click's usage message and exit 2; Ctrl-C exits 130; anything else is a bug, one
-line and exit 1. ``--debug`` anywhere on the command line adds the traceback.
+line and exit 1. SIGINT/SIGTERM during ``classify`` exit 130/143 (see
+:func:`mscn_geo.batch.raise_on_signals`). ``--debug`` anywhere on the command line adds
+the traceback.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 import traceback
 from collections.abc import Sequence
@@ -28,12 +31,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     args = [a for a in args if a != "--debug"]
+    if not debug:
+        # GDAL reports problems it recovers from (and some it raises) through
+        # rasterio's logger; unconfigured, Python would print them on stderr
+        # next to our one-line error.
+        logging.getLogger("rasterio").setLevel(logging.CRITICAL)
     try:
         result = app(args=args, prog_name=PROG, standalone_mode=False)
     except MscnGeoError as exc:
         if debug:
             traceback.print_exc()
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        message = " ".join(str(exc).split())  # always one line
+        print(f"{PROG}: error: {message}", file=sys.stderr)
         return exc.exit_code
     except (typer.Exit, click.exceptions.Exit) as exc:
         return exc.exit_code

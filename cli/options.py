@@ -68,3 +68,48 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 # main() reads --debug from the command line before Typer sees it; the option is
 # declared on commands only so that --help lists it.
 Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")]
+Scale = Annotated[
+    str | None,
+    typer.Option(
+        "--scale",
+        help="MIN,MAX: map scene values linearly to 0..255 (e.g. 0,4095 for 12-bit data). "
+        "Default: 8-bit data as is; other data types a per-band 2-98 percentile stretch.",
+        show_default=False,
+    ),
+]
+AllowNoCrs = Annotated[
+    bool,
+    typer.Option(
+        "--allow-no-crs", help="Classify a scene without CRS; outputs in pixel coordinates."
+    ),
+]
+NoPad = Annotated[
+    bool,
+    typer.Option(
+        "--no-pad", help="Refuse a scene smaller than one tile instead of padding the tile."
+    ),
+]
+Resample = Annotated[
+    bool,
+    typer.Option(
+        "--resample",
+        help="Read tiles at the model's pixel size (when the scene's is far from it).",
+    ),
+]
+Resume = Annotated[
+    bool,
+    typer.Option(
+        "--resume",
+        help="Keep finished tiles in a hidden journal next to the outputs and continue an "
+        "interrupted run; scenes already done are skipped.",
+    ),
+]
+SkipExisting = Annotated[
+    bool, typer.Option("--skip-existing", help="Skip scenes whose outputs exist.")
+]
+KeepGoing = Annotated[
+    bool,
+    typer.Option(
+        "--keep-going", help="Go on after a failing scene; the exit code is 2 if any failed."
+    ),
+]

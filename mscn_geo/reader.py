@@ -6,9 +6,11 @@ Nothing here reads a whole scene: :class:`SceneInfo` comes from the header, and
 
 from __future__ import annotations
 
+import math
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,11 +18,12 @@ from typing import Any
 import numpy as np
 import rasterio
 from rasterio.crs import CRS
-from rasterio.enums import ColorInterp, MaskFlags
-from rasterio.errors import RasterioError, RasterioIOError
+from rasterio.enums import ColorInterp, MaskFlags, Resampling
+from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
 from mscn_geo.errors import InputError, OptionError
+from mscn_geo.scaling import Scaling, estimate_percentiles, fixed_scaling, parse_scale
 from mscn_geo.tiling import Tile
 
 _COLOUR_NAMES = {"red": ColorInterp.red, "green": ColorInterp.green, "blue": ColorInterp.blue}
@@ -35,6 +38,12 @@ class SceneInfo:
         nodata_from_value: validity is ``any(band != nodata)`` over the chosen bands
             (read from the pixels; no second read for the mask).
         warnings: things the user should know (band choice guessed, ...).
+        crs: ``None`` only when opened with ``allow_no_crs`` (pixel-space outputs).
+        scaling: how pixels become 0..255 (non-uint8 data or ``--scale``);
+            ``None``: used as they are.
+        read_tile, read_scale: with ``--resample``, tiles of ``read_tile`` px are
+            read from windows of ``read_tile * read_scale`` scene pixels;
+            ``None``/1.0: no resampling.
     """
 
     path: Path
@@ -42,13 +51,20 @@ class SceneInfo:
     height: int
     count: int
     dtype: str
-    crs: CRS
+    crs: CRS | None
     transform: Any  # affine.Affine
     res: tuple[float, float]
     band_indexes: list[int]
     nodata: float | None
     nodata_from_value: bool
     warnings: list[str] = field(default_factory=list)
+    scaling: Scaling | None = None
+    read_tile: int | None = None
+    read_scale: float = 1.0
+
+    @property
+    def float_data(self) -> bool:
+        return np.dtype(self.dtype).kind == "f" if self.dtype != "mixed" else False
 
 
 def parse_bands(text: str | Sequence[int] | None) -> list[int] | None:
@@ -66,6 +82,11 @@ def parse_bands(text: str | Sequence[int] | None) -> list[int] | None:
     return bands
 
 
+def _first_line(exc: BaseException, default: str = "unknown error") -> str:
+    text = " ".join(str(exc).split())
+    return text[:160] if text else default
+
+
 def _open(path: Path) -> rasterio.DatasetReader:
     if not path.exists():
         raise InputError(f"scene not found: {path}")
@@ -73,11 +94,17 @@ def _open(path: Path) -> rasterio.DatasetReader:
         raise InputError(f"scene is a directory, not a raster: {path}")
     if not os.access(path, os.R_OK):
         raise InputError(f"scene is not readable (permission denied): {path}")
+    if path.stat().st_size == 0:
+        raise InputError(f"scene is an empty file: {path}")
     try:
         return rasterio.open(path)
-    except RasterioIOError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unknown format"
-        raise InputError(f"{path} is not a readable raster ({first[:160]})") from exc
+    except PermissionError as exc:
+        raise InputError(f"scene is not readable (permission denied): {path}") from exc
+    except (RasterioError, OSError) as exc:
+        if "permission denied" in str(exc).lower():
+            raise InputError(f"scene is not readable (permission denied): {path}") from exc
+        first = _first_line(exc, "unknown format")
+        raise InputError(f"{path} is not a readable raster ({first})") from exc
 
 
 def _choose_bands(
@@ -95,9 +122,13 @@ def _choose_bands(
     interp = list(ds.colorinterp)
     usable = [i + 1 for i, ci in enumerate(interp) if ci != ColorInterp.alpha]
     if len(usable) < n:
+        hint = (
+            f"pass --bands {','.join(['1'] * n)} to repeat it"
+            if len(usable) == 1
+            else "use a scene with those bands or pass --bands"
+        )
         raise InputError(
-            f"scene has {len(usable)} band(s) and the model needs {n} ({wanted}); "
-            "use a scene with those bands"
+            f"scene has {len(usable)} band(s) and the model needs {n} ({wanted}); {hint}"
         )
     if len(usable) == n:
         return usable, []
@@ -116,17 +147,31 @@ def _choose_bands(
     return chosen, [note]
 
 
-def _check_dtype(dtype: str) -> None:
-    # Hook for other dtypes: scaling uint16/float data to 0..255 goes here.
-    if dtype != "uint8":
+def _scaling(
+    ds: rasterio.DatasetReader,
+    dtype: str,
+    bands: list[int],
+    scale: tuple[float, float] | None,
+) -> Scaling | None:
+    if dtype == "mixed":
         raise InputError(
-            f"{dtype} data: scaling not supported yet; convert the scene to 8-bit "
-            "(e.g. gdal_translate -ot Byte -scale)"
+            f"{ds.name}: the bands used have different data types; choose bands of one type"
         )
+    if np.dtype(dtype).kind not in "uif":
+        raise InputError(f"{ds.name}: {dtype} data is not supported (real-valued bands only)")
+    if scale is not None:
+        return fixed_scaling(scale, len(bands))
+    if dtype == "uint8":
+        return None
+    return estimate_percentiles(ds, bands, ds.nodata)
 
 
 def open_scene(
-    path: str | os.PathLike[str], model_bands: list[str], bands: list[int] | None = None
+    path: str | os.PathLike[str],
+    model_bands: list[str],
+    bands: list[int] | None = None,
+    scale: str | tuple[float, float] | None = None,
+    allow_no_crs: bool = False,
 ) -> SceneInfo:
     """Open ``path``, check it can be classified with a model taking ``model_bands``.
 
@@ -136,29 +181,35 @@ def open_scene(
             the model needs, picked as red/green/blue by colour interpretation when
             the scene has more bands and says which is which, else the first ones
             (alpha bands are never picked).
+        scale: ``"MIN,MAX"`` linear scaling to 0..255 (``--scale``); default:
+            none for uint8, a percentile stretch otherwise (:mod:`mscn_geo.scaling`).
+        allow_no_crs: accept a scene without CRS (outputs in its pixel/own
+            coordinates, without CRS) instead of failing.
 
     Raises:
-        InputError: missing, not a raster, corrupt, no CRS, too few bands, not uint8.
-        OptionError: ``bands`` of the wrong length or out of range.
+        InputError: missing, not a raster, corrupt, no CRS, too few bands.
+        OptionError: ``bands`` of the wrong length or out of range, bad ``scale``.
     """
     path = Path(path)
+    bounds = parse_scale(scale)
     ds = _open(path)
     with ds:
-        if ds.crs is None:
+        if ds.crs is None and not allow_no_crs:
             raise InputError(
                 f"{path} has no CRS: outputs could not be placed on a map "
-                "(assign one, e.g. gdal_edit.py -a_srs EPSG:xxxx)"
+                "(assign one, e.g. gdal_edit.py -a_srs EPSG:xxxx, or pass --allow-no-crs "
+                "for pixel-space outputs)"
             )
         band_indexes, warnings = _choose_bands(ds, model_bands, bands)
         dtypes = {ds.dtypes[b - 1] for b in band_indexes}
         dtype = dtypes.pop() if len(dtypes) == 1 else "mixed"
-        _check_dtype(dtype)
         flags = [ds.mask_flag_enums[b - 1] for b in band_indexes]
         from_value = ds.nodata is not None and all(f == [MaskFlags.nodata] for f in flags)
         try:  # a truncated or corrupt file often opens but fails on its first read
             ds.read(band_indexes[0], window=Window(0, 0, 1, 1))
+            scaling = _scaling(ds, dtype, band_indexes, bounds)
         except RasterioError as exc:
-            raise InputError(f"{path} is corrupt or unreadable ({str(exc)[:160]})") from exc
+            raise InputError(f"{path} is corrupt or unreadable ({_first_line(exc)})") from exc
         return SceneInfo(
             path=path,
             width=ds.width,
@@ -172,7 +223,32 @@ def open_scene(
             nodata=ds.nodata,
             nodata_from_value=from_value,
             warnings=warnings,
+            scaling=scaling,
         )
+
+
+def validity(info: SceneInfo, data: np.ndarray, masks: np.ndarray | None) -> np.ndarray:
+    """(h, w) bool: pixels of ``data`` (bands, h, w) that may decide a class.
+
+    Valid where any band used is valid (dataset ``masks``, or not ``nodata`` when
+    validity comes from the value); a NaN in any band makes a pixel nodata.
+    """
+    if masks is None:
+        nodata = info.nodata
+        if nodata is not None and math.isnan(nodata):
+            valid = np.ones(data.shape[1:], dtype=bool)
+        else:
+            valid = (data != nodata).any(axis=0)
+    else:
+        valid = masks.any(axis=0)
+    if info.float_data:
+        valid &= ~np.isnan(data).any(axis=0)
+    return valid
+
+
+def to_model_range(info: SceneInfo, data: np.ndarray) -> np.ndarray:
+    """Pixels as uint8 0..255 (scaled per :attr:`SceneInfo.scaling`)."""
+    return data if info.scaling is None else info.scaling.apply(data)
 
 
 @dataclass
@@ -193,6 +269,43 @@ class TilePixels:
     nodata_fraction: float
 
 
+def bound_block_cache(width: int, bands: int, itemsize: int, rows: int) -> int | None:
+    """Cap GDAL's block cache at two strips of ``rows`` x ``width``; returns the old cap.
+
+    GDAL keeps decoded (and, when writing, dirty) blocks up to ``GDAL_CACHEMAX``,
+    default 5% of RAM: 1.2 GB on a 24 GB machine, 6 GB on 128 GB. Reading or
+    writing a 30,000 px scene once would fill it, although tiles only share
+    blocks with their neighbours in the same or next tile row. The cap is
+    clamped to 64 MiB..1 GiB and never raised; an explicit ``GDAL_CACHEMAX`` in
+    the environment is left alone (``None`` is returned).
+    """
+    if "GDAL_CACHEMAX" in os.environ:
+        return None
+    wanted = 2 * max(rows, 512) * width * bands * itemsize
+    wanted = min(max(wanted, 64 * 2**20), 2**30)
+    before = int(rasterio.env.get_gdal_config("GDAL_CACHEMAX") or 0)
+    if not before or before <= wanted:
+        return None
+    rasterio.env.set_gdal_config("GDAL_CACHEMAX", wanted)
+    return before
+
+
+def restore_block_cache(before: int | None) -> None:
+    """Undo :func:`bound_block_cache` (``before`` is what it returned)."""
+    if before is not None:
+        rasterio.env.set_gdal_config("GDAL_CACHEMAX", before)
+
+
+@contextmanager
+def block_cache_bounded(width: int, bands: int, itemsize: int, rows: int) -> Iterator[None]:
+    """:func:`bound_block_cache` for the duration of a ``with`` block."""
+    before = bound_block_cache(width, bands, itemsize, rows)
+    try:
+        yield
+    finally:
+        restore_block_cache(before)
+
+
 class TileReader:
     """Reads tiles of one scene; safe to share between threads.
 
@@ -202,10 +315,24 @@ class TileReader:
 
     def __init__(self, info: SceneInfo, tile_size: int) -> None:
         self.info = info
-        self.tile_size = tile_size
+        # With --resample the grid's tiles (``tile_size`` scene px) are read at
+        # the model's tile size ``info.read_tile``.
+        self.window_size = tile_size
+        self.tile_size = info.read_tile or tile_size
         self._local = threading.local()
         self._handles: list[rasterio.DatasetReader] = []
         self._lock = threading.Lock()
+        itemsize = np.dtype(info.dtype).itemsize if info.dtype != "mixed" else 8
+        self._cache_before = bound_block_cache(
+            info.width, len(info.band_indexes), itemsize, max(tile_size, self.tile_size)
+        )
+
+    @property
+    def block_shape(self) -> tuple[int, int]:
+        """(rows, cols) of the file's blocks (first band used; strips when untiled)."""
+        ds = self._dataset()
+        rows, cols = ds.block_shapes[self.info.band_indexes[0] - 1]
+        return int(rows), int(cols)
 
     def _dataset(self) -> rasterio.DatasetReader:
         ds = getattr(self._local, "ds", None)
@@ -215,6 +342,25 @@ class TileReader:
             with self._lock:
                 self._handles.append(ds)
         return ds
+
+    def out_shape(self, window: Window) -> tuple[int, int] | None:
+        """(h, w) pixels read for ``window``; ``None`` unless resampling."""
+        if self.info.read_tile is None:
+            return None
+
+        def side(length: float) -> int:
+            if length >= self.window_size:
+                return self.tile_size
+            return max(1, min(self.tile_size, round(length / self.info.read_scale)))
+
+        return side(window.height), side(window.width)
+
+    def _read_args(self, window: Window) -> dict[str, Any]:
+        shape = self.out_shape(window)
+        if shape is None:
+            return {"window": window}
+        n = len(self.info.band_indexes)
+        return {"window": window, "out_shape": (n, *shape), "resampling": Resampling.bilinear}
 
     def valid_mask(self, window: Window) -> np.ndarray:
         """(height, width) bool validity of the chosen bands inside ``window``."""
@@ -226,17 +372,17 @@ class TileReader:
         """Read ``tile``'s window and validity; skip-ready when nothing is valid."""
         info, window = self.info, tile.window
         ds = self._dataset()
+        args = self._read_args(window)
         try:
-            data = ds.read(info.band_indexes, window=window)
-            if info.nodata_from_value:
-                valid = (data != info.nodata).any(axis=0)
-            else:
-                valid = ds.read_masks(info.band_indexes, window=window).any(axis=0)
+            data = ds.read(info.band_indexes, **args)
+            masks = None if info.nodata_from_value else ds.read_masks(info.band_indexes, **args)
         except RasterioError as exc:
             raise InputError(
                 f"{info.path}: cannot read tile row {tile.row} col {tile.col} "
-                f"(corrupt file?): {str(exc)[:160]}"
+                f"(corrupt file?): {_first_line(exc)}"
             ) from exc
+        valid = validity(info, data, masks)
+        data = to_model_range(info, data)
         n_valid = int(valid.sum())
         fraction = 1.0 - n_valid / valid.size
         if n_valid == 0:
@@ -256,6 +402,8 @@ class TileReader:
             for ds in self._handles:
                 ds.close()
             self._handles.clear()
+            restore_block_cache(self._cache_before)
+            self._cache_before = None
 
     def __enter__(self) -> TileReader:
         return self

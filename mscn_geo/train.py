@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from mscn_geo.augment import BatchAugment
 from mscn_geo.data import ChipDataset, load_image_folder, load_torchgeo_dataset, stratified_split
 from mscn_geo.device import autocast_dtype, resolve_device
 from mscn_geo.errors import CheckpointError, DatasetError, OptionError
@@ -57,7 +58,6 @@ class TrainConfig:
     ema_decay: float = 0.0
     val_fraction: float = 0.2
     seed: int = 0
-    workers: int = 2
     device: str = "auto"
     amp: bool | None = None
     channels_last: bool = True
@@ -94,29 +94,6 @@ class EpochLog:
     val_oa: float
     val_oa_ema: float | None
     seconds: float
-
-
-class RandomRot90(nn.Module):
-    """Rotate by k * 90 degrees, k uniform in 0..3 (aerial scenes have no 'up')."""
-
-    def forward(self, img: Tensor) -> Tensor:
-        return torch.rot90(img, int(torch.randint(4, ())), dims=(-2, -1))
-
-
-def train_transform(cfg: TrainConfig, bands: int, mean: list[float], std: list[float]):
-    from torchvision.transforms import v2
-
-    steps: list[nn.Module] = [
-        v2.RandomResizedCrop(cfg.input_size, scale=(cfg.crop_scale_min, 1.0), antialias=True),
-        v2.RandomHorizontalFlip(),
-        RandomRot90(),
-    ]
-    if cfg.randaugment_magnitude > 0 and bands in (1, 3):
-        steps.append(v2.RandAugment(magnitude=cfg.randaugment_magnitude))
-    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
-    if cfg.random_erasing > 0:
-        steps.append(v2.RandomErasing(p=cfg.random_erasing, value=0))
-    return v2.Compose(steps)
 
 
 def eval_transform(mean: list[float], std: list[float]):
@@ -249,7 +226,6 @@ def train(
     mean, std = train_set.channel_stats()
     if state is not None:
         mean, std = state["meta"]["mean"], state["meta"]["std"]
-    train_set.transform = train_transform(cfg, bands, mean, std)
     val_set.transform = eval_transform(mean, std)
 
     device = resolve_device(cfg.device)
@@ -314,6 +290,11 @@ def train(
         created=time.strftime("%Y-%m-%d"),
     )
     val_loader = DataLoader(val_set, batch_size=cfg.batch_size * 2, num_workers=0)
+    augment = BatchAugment(
+        cfg.input_size, mean, std, scale=(cfg.crop_scale_min, 1.0),
+        magnitude=cfg.randaugment_magnitude, erasing=cfg.random_erasing,
+    ).to(device)
+    images, labels = _device_cache(train_set, device)
     generator = torch.Generator()
     t_start = time.time()
     for epoch in range(start_epoch, plan["epochs"]):
@@ -321,20 +302,18 @@ def train(
         # Per-epoch seeds make each epoch reproducible on its own: resume is exact.
         _seed_everything(cfg.seed * 100_003 + epoch)
         generator.manual_seed(cfg.seed * 100_003 + epoch)
-        loader = DataLoader(
-            train_set, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
-            num_workers=cfg.workers, generator=generator, persistent_workers=False,
-            pin_memory=device.type == "cuda",
-        )
+        order = torch.randperm(len(train_set), generator=generator)
         model.train()
         total, seen = 0.0, 0
-        for step, (x, y) in enumerate(loader):
+        for step in range(steps_per_epoch):
+            idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+            x = images[idx.to(images.device)].to(device, non_blocking=True)
+            y = labels[idx.to(labels.device)].to(device, non_blocking=True)
+            x = augment(x)
             if mixer is not None:
                 x, y = mixer(x, y)
-            x = x.to(device, non_blocking=True)
             if memory_format:
                 x = x.contiguous(memory_format=memory_format)
-            y = y.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                 loss = criterion(model(x), y)
             optimizer.zero_grad(set_to_none=True)
@@ -394,6 +373,15 @@ def train(
         "last": str(last_path),
         "log": str(log_path),
     }
+
+
+def _device_cache(ds: ChipDataset, device: torch.device) -> tuple[Tensor, Tensor]:
+    """The uint8 training cache and labels, on the GPU when it fits in a quarter of its free memory."""
+    labels = torch.tensor(ds.labels, dtype=torch.long)
+    if device.type == "cuda" and ds.images.numel() < torch.cuda.mem_get_info(device)[0] // 4:
+        return ds.images.to(device), labels.to(device)
+    images = ds.images.pin_memory() if device.type == "cuda" else ds.images
+    return images, labels
 
 
 def _arch_kwargs(cfg: TrainConfig) -> dict[str, Any]:

@@ -10,7 +10,7 @@ per class: ``--val-fraction 0.2``, seed 0).
 The same single run with the CLI:
 
     mscn-geo train DATA_DIR --arch mscn_resnet18 --out model.pt --val-fraction 0.2 \
-        --epochs 600 --time-budget-min 7 --ema-decay 0.998 --workers 5
+        --epochs 600 --time-budget-min 7 --ema-decay 0.998
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ RUNS = {
 }
 
 
-def _run(name: str, overrides: dict, data: str, out: str, budget: float, workers: int) -> None:
+def _run(name: str, overrides: dict, data: str, out: str, budget: float) -> None:
     import torch
 
     from mscn_geo.evaluate import evaluate_folder
@@ -39,7 +39,7 @@ def _run(name: str, overrides: dict, data: str, out: str, budget: float, workers
     torch.set_num_threads(2)
     cfg = TrainConfig(
         epochs=600, time_budget_min=budget, ema_decay=0.998, val_fraction=0.2, seed=0,
-        workers=workers, **overrides,
+        **overrides,
     )
     path = Path(out) / f"{name}.pt"
     summary = train(path, cfg, data_dir=Path(data))
@@ -57,13 +57,12 @@ def main() -> None:
     ap.add_argument("data")
     ap.add_argument("out")
     ap.add_argument("--budget-min", type=float, default=7.0)
-    ap.add_argument("--workers", type=int, default=5)
     ap.add_argument("--runs", default=",".join(RUNS))
     a = ap.parse_args()
     Path(a.out).mkdir(parents=True, exist_ok=True)
     ctx = mp.get_context("spawn")
     procs = [
-        ctx.Process(target=_run, args=(n, RUNS[n], a.data, a.out, a.budget_min, a.workers))
+        ctx.Process(target=_run, args=(n, RUNS[n], a.data, a.out, a.budget_min))
         for n in a.runs.split(",")
     ]
     for p in procs:

@@ -43,9 +43,10 @@ def test_no_crs(make_scene) -> None:
         open_scene(make_scene(64, 64, crs=None), RGB)
 
 
-def test_uint16_not_supported_yet(make_scene) -> None:
-    with pytest.raises(InputError, match="uint16 data: scaling not supported yet"):
-        open_scene(make_scene(64, 64, dtype="uint16"), RGB)
+def test_uint16_is_scaled_not_refused(make_scene) -> None:
+    # Issue 5 replaced the old refusal; details in tests/test_robust_rasters.py.
+    info = open_scene(make_scene(64, 64, dtype="uint16"), RGB)
+    assert info.scaling is not None and info.scaling.method == "percentile"
 
 
 def test_band_choice(make_scene) -> None:

@@ -1,0 +1,107 @@
+"""Run every benchmark, each in its own process, writing one JSON each under ``--out``.
+
+    python benchmarks/run_all.py --out benchmarks/results          # CPU set, < 15 min
+    python benchmarks/run_all.py --out benchmarks/results --device cuda
+
+On CPU the sizes are chosen to finish in under 15 minutes on 2 cores; on CUDA
+bigger batches, more reader threads and bigger scenes keep the GPU busy, and
+bench_scale runs the real network at every size. A benchmark that fails (or
+whose optional dependency is missing) is recorded in ``summary.json`` with its
+error; the others still run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def plan(device: str, quick: bool) -> list[tuple[str, str, list[str]]]:
+    """(result name, script, arguments) for each run."""
+    if quick:  # seconds: the smoke test's sizes
+        tiny = ["--device", device]
+        return [
+            ("pipeline", "bench_pipeline.py", [*tiny, "--size", "256", "--tile-size", "64"]),
+            ("scale", "bench_scale.py", [*tiny, "--sizes", "300", "600"]),
+            ("torchgeo", "bench_torchgeo.py", [*tiny, "--size", "256", "--tile-size", "64"]),
+        ]
+    if device.startswith("cuda"):
+        gpu = ["--device", device, "--batch-size", "128", "--workers", "8"]
+        runs = [
+            ("pipeline_cuda", "bench_pipeline.py", [*gpu, "--size", "16384"]),
+            (
+                "pipeline_cuda_contiguous",
+                "bench_pipeline.py",
+                [*gpu, "--size", "16384", "--channels-last", "off"],
+            ),
+            ("pipeline_cuda_compile", "bench_pipeline.py", [*gpu, "--size", "16384", "--compile"]),
+            ("scale_cuda", "bench_scale.py", [*gpu, "--model", "resnet18"]),
+            ("torchgeo_cuda", "bench_torchgeo.py", [*gpu, "--size", "16384"]),
+        ]
+    else:
+        cpu = ["--device", "cpu"]
+        runs = [
+            ("pipeline_cpu", "bench_pipeline.py", cpu),
+            ("pipeline_cpu_contiguous", "bench_pipeline.py", [*cpu, "--channels-last", "off"]),
+            ("pipeline_cpu_compile", "bench_pipeline.py", [*cpu, "--compile", "--rounds", "2"]),
+            ("scale_cpu", "bench_scale.py", cpu),
+            (
+                "scale_cpu_resnet18",
+                "bench_scale.py",
+                [*cpu, "--model", "resnet18", "--sizes", "2000", "4000"],
+            ),
+            ("torchgeo_cpu", "bench_torchgeo.py", cpu),
+        ]
+    if (HERE / "bench_msc.py").exists():
+        runs.append(("msc_" + ("cuda" if device.startswith("cuda") else "cpu"), "bench_msc.py", []))
+    return runs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke run)")
+    parser.add_argument("--only", nargs="*", default=None, help="result names to run")
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    summary: dict[str, dict[str, object]] = {}
+    start = time.perf_counter()
+    for name, script, extra in plan(args.device, args.quick):
+        if args.only and name not in args.only:
+            continue
+        out = args.out / f"{name}.json"
+        cmd = [sys.executable, str(HERE / script), *extra, "--out", str(out)]
+        if script == "bench_msc.py" and args.device.startswith("cuda"):
+            cmd[2:2] = ["--device", args.device]
+        print(f"== {name}: {' '.join(cmd[1:])}", flush=True)
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, cwd=HERE.parent, check=False)
+        entry: dict[str, object] = {
+            "script": script,
+            "args": extra,
+            "seconds": round(time.perf_counter() - t0, 1),
+            "returncode": proc.returncode,
+        }
+        if proc.returncode == 0 and out.exists():
+            entry["result"] = str(out.relative_to(args.out))
+        summary[name] = entry
+    total = round(time.perf_counter() - start, 1)
+    (args.out / "summary.json").write_text(
+        json.dumps({"seconds": total, "load_after": os.getloadavg(), "runs": summary}, indent=2)
+        + "\n"
+    )
+    failed = [k for k, v in summary.items() if v["returncode"] != 0]
+    print(f"done in {total} s; failed: {', '.join(failed) or 'none'}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,236 @@
+"""The streaming inference loop: tiles are read, batched, normalised and classified
+with every stage overlapping the model.
+
+Stages and where they run:
+
+* reading and decoding: ``workers`` threads, each with its own rasterio dataset
+  handle (:class:`~mscn_geo.reader.TileReader`), at most ``depth`` tiles ahead of
+  the model (GDAL releases the GIL while it decodes, so threads run in parallel);
+* batching: the calling thread copies each tile's pixels straight into a batch
+  buffer (pinned host memory on CUDA, so the host-to-device copy is asynchronous);
+* normalising: on the device, in the model's dtype, only multiplying by the
+  validity mask when some pixel of the batch is nodata or padding;
+* results: softmax on the device, copied back without blocking and collected one
+  batch later, so the GPU already runs the next batch while the host stores the
+  last one. Only per-tile classes and probabilities are kept (a few bytes a tile).
+
+Memory is bounded by ``depth`` tiles in flight plus two batches, whatever the
+scene size.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from mscn_geo.models.checkpoint import ModelMeta
+from mscn_geo.reader import TilePixels
+from mscn_geo.tiling import Tile
+
+
+class _Reads(Protocol):
+    def read(self, tile: Tile) -> TilePixels: ...
+
+
+def read_ahead(
+    reader: _Reads, tiles: Iterable[Tile], workers: int, depth: int
+) -> Iterator[TilePixels]:
+    """Read ``tiles`` in order with ``workers`` threads, at most ``depth`` tiles in flight.
+
+    ``workers == 0`` reads in the calling thread. Tiles come back in the order
+    given whatever order the threads finish in; a read error is raised when its
+    tile's turn comes, and the tiles after it are cancelled.
+    """
+    if workers == 0:
+        for tile in tiles:
+            yield reader.read(tile)
+        return
+    depth = max(depth, 1)
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mscn-geo-read")
+    pending: deque[Future[TilePixels]] = deque()
+    todo = iter(tiles)
+    try:
+        for tile in todo:
+            pending.append(pool.submit(reader.read, tile))
+            if len(pending) >= depth:
+                break
+        while pending:
+            done = pending.popleft().result()
+            nxt = next(todo, None)
+            if nxt is not None:
+                pending.append(pool.submit(reader.read, nxt))
+            yield done
+    finally:
+        for fut in pending:
+            fut.cancel()
+        pool.shutdown(wait=True)
+
+
+class Normaliser:
+    """uint8 tiles + validity -> a normalised float batch on the device.
+
+    Pixels are stacked straight into one (B, bands, T, T) uint8 buffer (pinned
+    on CUDA: PyTorch's caching host allocator recycles it once its copy is
+    done), copied to the device without blocking, and normalised there:
+    ``(x / 255 - mean) / std`` folded into one multiply-add. Nodata and padding
+    become 0 after normalisation, i.e. the band mean.
+    """
+
+    def __init__(self, meta: ModelMeta, device: torch.device, channels_last: bool = False) -> None:
+        self.device = device
+        self.channels_last = channels_last
+        mean = torch.tensor(meta.mean, dtype=torch.float32).view(1, -1, 1, 1)
+        std = torch.tensor(meta.std, dtype=torch.float32).view(1, -1, 1, 1)
+        self.scale = (1.0 / (255.0 * std)).to(device)
+        self.shift = (-mean / std).to(device)
+        self._pin = device.type == "cuda"
+
+    def _host(self, arrays: list[np.ndarray], dtype: torch.dtype) -> torch.Tensor:
+        shape = (len(arrays), *arrays[0].shape)
+        buf = torch.empty(shape, dtype=dtype, pin_memory=self._pin)
+        np.stack(arrays, out=buf.numpy())
+        return buf
+
+    def __call__(
+        self, pixels: list[np.ndarray], valid: list[np.ndarray] | None = None
+    ) -> torch.Tensor:
+        """(B, bands, T, T) float32 on the device.
+
+        Args:
+            pixels: B arrays of (bands, T, T) uint8.
+            valid: B arrays of (T, T) bool, or ``None`` when every pixel is valid.
+        """
+        x = self._host(pixels, torch.uint8).to(self.device, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        x = torch.addcmul(self.shift, x, self.scale)  # float32, x * scale + shift
+        if valid is not None:
+            v = self._host(valid, torch.bool).to(self.device, non_blocking=True)
+            x = x * v.unsqueeze(1)
+        return x
+
+
+@dataclass
+class ModelRunner:
+    """The model as the loop runs it: device, autocast dtype, memory format, compiled or not.
+
+    The benchmark's "model-only" figure calls this same object on random
+    tensors, so the two figures differ only by the pipeline around it.
+    """
+
+    net: Callable[[torch.Tensor], torch.Tensor]
+    device: torch.device
+    amp: torch.dtype | None
+    channels_last: bool
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits -> softmax probabilities, float32, still on the device."""
+        with torch.autocast(
+            self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None
+        ):
+            logits = self.net(x)
+        return torch.softmax(logits.float(), dim=1)
+
+
+def prepare_model(
+    model: nn.Module,
+    device: torch.device,
+    amp: torch.dtype | None,
+    channels_last: bool = True,
+    compile: bool = False,
+) -> ModelRunner:
+    """Move ``model`` to ``device`` in eval mode; channels-last and ``torch.compile`` optional.
+
+    channels_last is the default on CPU and CUDA: measured faster for the
+    ResNet backbones (README, Performance). ``compile`` is off by default (see
+    the README for when it pays).
+    """
+    key = (str(device), amp, channels_last, compile)
+    # Kept on the module itself, so it goes when the model goes.
+    runners: dict[tuple[object, ...], ModelRunner] = model.__dict__.setdefault(
+        "_mscn_geo_runners", {}
+    )
+    cached = runners.get(key)
+    if cached is not None:  # e.g. resumable runs call the loop once per chunk
+        return cached
+    net: nn.Module = model.eval().to(device)
+    net = net.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    runner: Callable[[torch.Tensor], torch.Tensor] = net
+    if compile:
+        runner = torch.compile(net, dynamic=False)  # type: ignore[assignment]
+    prepared = ModelRunner(runner, device, amp, channels_last)
+    runners[key] = prepared
+    return prepared
+
+
+@dataclass
+class BatchResult:
+    """Class probabilities of one batch, in the order its tiles were given."""
+
+    tiles: list[Tile]
+    probs: np.ndarray  # (n, classes) float32
+
+
+def classify_stream(
+    items: Iterable[TilePixels],
+    runner: ModelRunner,
+    normaliser: Normaliser,
+    batch_size: int,
+    on_skipped: Callable[[TilePixels], None] | None = None,
+) -> Iterator[BatchResult]:
+    """Batch the readable tiles of ``items`` through ``runner``; yield results per batch.
+
+    Tiles without pixels (all nodata) are passed to ``on_skipped`` and never
+    batched. On CUDA each batch's probabilities are copied back without
+    blocking and yielded after the next batch has been queued, so the device
+    never waits for the host to store results.
+    """
+    on_cuda = runner.device.type == "cuda"
+    waiting: deque[tuple[list[Tile], torch.Tensor, torch.cuda.Event | None]] = deque()
+
+    def submit(batch: list[TilePixels]) -> None:
+        assert batch[0].pixels is not None
+        all_valid = all(b.nodata_fraction == 0 and not b.tile.padded for b in batch)
+        x = normaliser(
+            [b.pixels for b in batch],  # type: ignore[misc]
+            None if all_valid else [b.valid for b in batch],  # type: ignore[misc]
+        )
+        p = runner(x)
+        if on_cuda:
+            host = torch.empty(p.shape, dtype=p.dtype, pin_memory=True)
+            host.copy_(p, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record()
+            waiting.append(([b.tile for b in batch], host, done))
+        else:
+            waiting.append(([b.tile for b in batch], p, None))
+
+    def collect() -> BatchResult:
+        tiles, host, done = waiting.popleft()
+        if done is not None:
+            done.synchronize()
+        return BatchResult(tiles, host.numpy())
+
+    batch: list[TilePixels] = []
+    for item in items:
+        if item.pixels is None:
+            if on_skipped is not None:
+                on_skipped(item)
+            continue
+        batch.append(item)
+        if len(batch) == batch_size:
+            submit(batch)
+            batch = []
+            while len(waiting) > (1 if on_cuda else 0):
+                yield collect()
+    if batch:
+        submit(batch)
+    while waiting:
+        yield collect()

@@ -1,0 +1,178 @@
+"""Resumable runs: a journal of finished tiles next to a scene's outputs.
+
+With ``--resume`` a scene's tiles are classified in fixed chunks (tile ``k*C``
+to ``(k+1)*C - 1`` of the grid, ``C`` a whole number of batches) and each
+finished chunk's results (class ids, probabilities, nodata fractions) are
+stored in the hidden folder ``<out>/.<scene stem>.mscn-resume/`` as
+``chunk-<k>.npz``, written under a temporary name, flushed and renamed, so a
+chunk file is complete or absent whatever kills the process (even SIGKILL or
+a power cut). A run started again with the same arguments reads the chunks,
+classifies only the missing ones (with the same chunk boundaries, so every
+batch is the same as in an uninterrupted run) and writes the outputs from the
+union; the journal is removed once the outputs are in place.
+
+The journal's ``fingerprint.json`` records what the results depend on: the
+scene (resolved path, size, modification time), the model file's SHA-256 and
+the options. A journal with another fingerprint is refused with a message that
+names what changed, never silently mixed in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mscn_geo.errors import OptionError, OutputError
+
+__all__ = ["JOURNAL_SUFFIX", "Journal", "journal_dir", "model_digest", "scene_fingerprint"]
+
+JOURNAL_SUFFIX = ".mscn-resume"
+FINGERPRINT = "fingerprint.json"
+_FORMAT = 1
+
+
+def journal_dir(scene: Path, out_dir: Path) -> Path:
+    """``<out_dir>/.<scene stem>.mscn-resume``."""
+    return Path(out_dir) / f".{Path(scene).stem}{JOURNAL_SUFFIX}"
+
+
+def model_digest(path: Path | None, state: dict[str, Any] | None = None) -> str:
+    """SHA-256 of the checkpoint file (or of the weights of an in-memory model)."""
+    digest = hashlib.sha256()
+    if path is not None:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    elif state is not None:
+        for name in sorted(state):
+            digest.update(name.encode())
+            digest.update(state[name].detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def scene_fingerprint(scene: Path) -> dict[str, Any]:
+    stat = Path(scene).stat()
+    return {
+        "scene": str(Path(scene).resolve()),
+        "scene_bytes": stat.st_size,
+        "scene_mtime_ns": stat.st_mtime_ns,
+    }
+
+
+def _write_atomic(path: Path, write: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+@dataclass
+class ChunkResult:
+    """Results of one chunk: tile indexes into the grid and their values."""
+
+    index: np.ndarray  # (m,) int64
+    class_ids: np.ndarray  # (m,) uint8
+    probs: np.ndarray  # (m, classes) float32
+    nodata_fraction: np.ndarray  # (m,) float32
+
+
+class Journal:
+    """The resume journal of one scene (see module doc)."""
+
+    def __init__(self, folder: Path, fingerprint: dict[str, Any]) -> None:
+        self.folder = Path(folder)
+        self.fingerprint = {"format": _FORMAT, **fingerprint}
+
+    @classmethod
+    def open(cls, folder: Path, fingerprint: dict[str, Any]) -> Journal:
+        """Open the journal in ``folder`` or start one; refuse a different run's journal.
+
+        Raises:
+            OptionError: the journal was written for other inputs or options.
+            OutputError: the folder cannot be created.
+        """
+        journal = cls(folder, fingerprint)
+        found = journal.folder / FINGERPRINT
+        if found.exists():
+            try:
+                old = json.loads(found.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                old = {}
+            if old != journal.fingerprint:
+                changed = sorted(
+                    k
+                    for k in set(old) | set(journal.fingerprint)
+                    if old.get(k) != journal.fingerprint.get(k)
+                )
+                raise OptionError(
+                    f"{journal.folder} is the resume journal of a different run "
+                    f"({', '.join(changed) or 'unreadable'} changed); run again with the "
+                    "same scene, model and options, or delete that folder to start over"
+                )
+            return journal
+        try:
+            journal.folder.mkdir(parents=True, exist_ok=True)
+            body = json.dumps(journal.fingerprint, indent=1, sort_keys=True).encode()
+            _write_atomic(found, lambda f: f.write(body))
+        except OSError as exc:
+            raise OutputError(f"cannot write the resume journal {journal.folder}: {exc}") from exc
+        return journal
+
+    def exists(self) -> bool:
+        return (self.folder / FINGERPRINT).exists()
+
+    def _chunk_path(self, k: int) -> Path:
+        return self.folder / f"chunk-{k:06d}.npz"
+
+    def chunks(self) -> Iterator[tuple[int, ChunkResult]]:
+        """Finished chunks ``(k, result)``; an unreadable chunk is skipped (redone)."""
+        for path in sorted(self.folder.glob("chunk-*.npz")):
+            try:
+                k = int(path.stem.split("-")[1])
+                with np.load(path) as data:
+                    yield (
+                        k,
+                        ChunkResult(
+                            data["index"],
+                            data["class_ids"],
+                            data["probs"],
+                            data["nodata_fraction"],
+                        ),
+                    )
+            except (OSError, ValueError, KeyError, IndexError):
+                continue
+
+    def save(self, k: int, result: ChunkResult) -> None:
+        """Store chunk ``k`` atomically (complete or absent)."""
+
+        def write(f: Any) -> None:
+            np.savez(
+                f,
+                index=result.index,
+                class_ids=result.class_ids,
+                probs=result.probs,
+                nodata_fraction=result.nodata_fraction,
+            )
+
+        try:
+            _write_atomic(self._chunk_path(k), write)
+        except OSError as exc:
+            raise OutputError(f"cannot write the resume journal {self.folder}: {exc}") from exc
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)

@@ -1,0 +1,89 @@
+"""Each benchmark at a tiny size: it runs, writes its JSON, and the figures are sane.
+
+Speed targets are the benchmarks' business (``make bench``); here only the
+plumbing and the meaning of the numbers are checked.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    sys.path.insert(0, str(BENCH))
+    try:
+        yield lambda name: importlib.import_module(name)
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def check_machine(result: dict) -> None:
+    m = result["machine"]
+    assert m["nproc"] >= 1 and m["device"] == "cpu"
+    assert len(m["load_before"]) == 3 and len(m["load_after"]) == 3
+    assert m["date"][:2] == "20"
+
+
+def test_pipeline_smoke(bench, tmp_path: Path) -> None:
+    out = tmp_path / "pipeline.json"
+    result = bench("bench_pipeline").main(
+        ["--size", "256", "--tile-size", "64", "--rounds", "1", "--out", str(out)]
+    )
+    assert json.loads(out.read_text()) == result
+    check_machine(result)
+    assert result["scene"]["tiles"] == 16
+    assert result["scene"]["block_shape"] == [256, 256]
+    (round_,) = result["rounds"]
+    assert round_["model_only_tiles_per_s"] > 0 and round_["loop_tiles_per_s"] > 0
+    assert round_["ratio"] == pytest.approx(
+        round_["loop_tiles_per_s"] / round_["model_only_tiles_per_s"], rel=0.01
+    )
+    assert result["classify_scene"]["classified"] == 16
+    assert isinstance(result["target_met"], bool)
+
+
+def test_scale_smoke(bench, tmp_path: Path) -> None:
+    out = tmp_path / "scale.json"
+    result = bench("bench_scale").main(["--sizes", "300", "600", "--out", str(out)])
+    check_machine(result)
+    small, large = result["sizes"]
+    assert (small["size_px"], large["size_px"]) == (300, 600)
+    assert small["tiles"] == 4 and large["tiles"] == 9  # 256 px tiles, last ones shifted
+    assert small["classified"] == 4 and large["classified"] == 9
+    for row in (small, large):
+        assert 50 < row["peak_rss_mb"] < 8192  # a real figure in MiB, not bytes or KiB
+        assert row["ns_per_pixel"] == pytest.approx(row["seconds"] / row["pixels"] * 1e9, rel=0.01)
+        assert row["output_bytes"]["gpkg"] > 0 and row["output_bytes"]["raster"] > 0
+    assert result["summary"]["largest_peak_rss_mb"] == large["peak_rss_mb"]
+    assert result["summary"]["rss_target_met"] is True
+
+
+def test_torchgeo_smoke(bench, tmp_path: Path) -> None:
+    pytest.importorskip("torchgeo.datasets")
+    out = tmp_path / "torchgeo.json"
+    args = ["--size", "256", "--tile-size", "64", "--rounds", "1", "--workers", "0"]
+    result = bench("bench_torchgeo").main([*args, "--out", str(out)])
+    check_machine(result)
+    ours, theirs = result["rounds"]["ours"][0], result["rounds"]["torchgeo"][0]
+    assert ours["tiles"] == theirs["tiles"] == 16  # the same grid on both sides
+    assert result["max_probability_difference"] < 1e-4  # same model, same tiles
+    assert result["speedup"] == pytest.approx(ours["tiles_per_s"] / theirs["tiles_per_s"], rel=0.01)
+    assert ours["peak_rss_mb"] > 50 and theirs["peak_rss_mb"] > 50
+
+
+def test_run_all_plans_every_benchmark(bench) -> None:
+    run_all = bench("run_all")
+    for device in ("cpu", "cuda"):
+        runs = run_all.plan(device, quick=False)
+        scripts = {script for _, script, _ in runs}
+        assert {"bench_pipeline.py", "bench_scale.py", "bench_torchgeo.py"} <= scripts
+        assert all((BENCH / script).exists() for script in scripts)
+        assert len({name for name, _, _ in runs}) == len(runs)

@@ -1,0 +1,196 @@
+"""Issue 5: SIGINT/SIGTERM stop cleanly; --resume continues a killed run to identical outputs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+
+from mscn_geo.errors import Interrupted, OptionError
+from mscn_geo.predict import ClassifyOptions, classify_scene
+from mscn_geo.resume import journal_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Runs the real CLI in a subprocess with each tile read slowed down (so a test
+# can signal it mid-run) and counted (so a test can see what a resumed run redid).
+DRIVER = """
+import os, sys, time
+from pathlib import Path
+import mscn_geo.reader as reader
+marker = Path(os.environ["MSCN_TEST_MARKER"])
+delay = float(os.environ.get("MSCN_TEST_DELAY", "0"))
+real = reader.TileReader.read
+def slow(self, tile):
+    with open(marker, "a") as f:
+        f.write(f"{tile.row},{tile.col}\\n")
+    time.sleep(delay)
+    return real(self, tile)
+reader.TileReader.read = slow
+from mscn_geo_cli.main import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def start(args: list[object], marker: Path, delay: float) -> subprocess.Popen:
+    env = {**os.environ, "MSCN_TEST_MARKER": str(marker), "MSCN_TEST_DELAY": str(delay)}
+    return subprocess.Popen(
+        [sys.executable, "-c", DRIVER, *map(str, args)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
+    )  # fmt: skip
+
+
+def wait_for(condition, timeout: float = 60.0) -> None:
+    end = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < end, "timed out waiting"
+        time.sleep(0.02)
+
+
+def lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_stops_within_2s_and_leaves_nothing(
+    signum, code, make_scene, tiny_checkpoint, tmp_path
+) -> None:
+    scene = make_scene(640, 320)  # 50 tiles, 0.1 s each: 5 s uninterrupted
+    out = tmp_path / "out"
+    marker = tmp_path / "reads.txt"
+    proc = start(
+        ["classify", scene, "-m", tiny_checkpoint, "-o", out, "--device", "cpu",
+         "--batch-size", "2", "--workers", "1"],
+        marker, 0.1,
+    )  # fmt: skip
+    wait_for(lambda: len(lines(marker)) >= 5)
+    sent = time.monotonic()
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=10)
+    assert time.monotonic() - sent < 2.0
+    assert proc.returncode == code
+    name = signal.Signals(signum).name
+    assert err.strip().splitlines() == [
+        f"mscn-geo: error: interrupted by {name}; no partial outputs were left"
+    ]
+    assert len(lines(marker)) < 50
+    assert not out.exists() or sorted(p.name for p in out.iterdir()) == []
+
+
+def read_outputs(out: Path, stem: str = "scene") -> tuple[bytes, np.ndarray, gpd.GeoDataFrame]:
+    raster = out / f"{stem}_classes.tif"
+    with rasterio.open(raster) as ds:
+        classes = ds.read(1)
+    frame = gpd.read_file(out / f"{stem}.gpkg", layer="tiles")
+    return raster.read_bytes(), classes, frame
+
+
+def test_resume_after_sigkill_gives_identical_outputs(
+    make_scene, tiny_checkpoint, tiny_model, tmp_path
+) -> None:
+    scene = make_scene(512, 192, nodata_cols=70)  # 24 tiles (3 nodata): 3 chunks of 8
+    args = ["classify", scene, "-m", tiny_checkpoint, "--device", "cpu", "--batch-size", "2",
+            "--workers", "1", "--resume", "--quiet"]  # fmt: skip
+    out = tmp_path / "out"
+    journal = journal_dir(scene, out)
+    marker = tmp_path / "reads1.txt"
+    proc = start([*args, "-o", out], marker, 0.1)
+    wait_for(lambda: len(list(journal.glob("chunk-*.npz"))) >= 1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    assert proc.returncode == -signal.SIGKILL
+    assert not (out / "scene.gpkg").exists() and not (out / "scene_classes.tif").exists()
+    chunks_before = len(list(journal.glob("chunk-*.npz")))
+    assert 1 <= chunks_before < 3
+
+    marker2 = tmp_path / "reads2.txt"
+    second = start([*args, "-o", out], marker2, 0.0)
+    _, err = second.communicate(timeout=120)
+    assert second.returncode == 0, err
+    assert 0 < len(lines(marker2)) <= 24 - 8 * chunks_before  # finished chunks not redone
+    assert not journal.exists()
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
+
+    # The same arguments, uninterrupted (in this process).
+    reference = tmp_path / "ref"
+    options = ClassifyOptions(out_dir=reference, device="cpu", batch_size=2, workers=1, resume=True)
+    classify_scene(scene, tiny_model, options)
+    raster_bytes, classes, frame = read_outputs(out)
+    ref_bytes, _ref_classes, ref_frame = read_outputs(reference)
+    assert raster_bytes == ref_bytes  # byte for byte
+    columns = [c for c in ref_frame.columns if c != "geometry"]
+    assert frame[columns].equals(ref_frame[columns])  # value for value
+    assert frame.geometry.geom_equals_exact(ref_frame.geometry, tolerance=0).all()
+    # Without --resume only float rounding of batched convolutions may differ.
+    plain = classify_scene(
+        scene, tiny_model, ClassifyOptions(out_dir=tmp_path / "plain", device="cpu", batch_size=2)
+    )
+    _, plain_classes, plain_frame = read_outputs(plain.outputs["gpkg"].parent)
+    np.testing.assert_array_equal(plain_classes, classes)
+    p_cols = [c for c in columns if c.startswith("p_")]
+    np.testing.assert_allclose(plain_frame[p_cols], frame[p_cols], atol=1e-5)
+
+
+def interrupted_run(scene: Path, model, options: ClassifyOptions, after: int) -> None:
+    def progress(done: int, total: int) -> None:
+        if done >= after:
+            raise Interrupted(signal.SIGINT)
+
+    with pytest.raises(Interrupted):
+        classify_scene(scene, model, options, progress=progress)
+
+
+def test_resume_refuses_a_different_run_journal(make_scene, tiny_model, tmp_path) -> None:
+    scene = make_scene(320, 192)  # 15 tiles
+    out = tmp_path / "out"
+    options = ClassifyOptions(out_dir=out, device="cpu", batch_size=2, workers=0, resume=True)
+    interrupted_run(scene, tiny_model, options, after=9)
+    journal = journal_dir(scene, out)
+    assert len(list(journal.glob("chunk-*.npz"))) == 1
+    assert not (out / "scene.gpkg").exists()
+    changed = ClassifyOptions(**{**options.__dict__, "stride": 32})
+    with pytest.raises(OptionError) as err:
+        classify_scene(scene, tiny_model, changed)
+    assert "is the resume journal of a different run (options changed)" in str(err.value)
+    os.utime(scene, ns=(0, 0))  # the scene changed on disk
+    with pytest.raises(OptionError, match=r"\(scene_mtime_ns changed\)"):
+        classify_scene(scene, tiny_model, options)
+
+
+def test_resume_in_process_matches_uninterrupted(make_scene, tiny_model, tmp_path) -> None:
+    scene = make_scene(320, 192, nodata_cols=70)
+    options = ClassifyOptions(
+        out_dir=tmp_path / "a", device="cpu", batch_size=2, workers=0, resume=True
+    )
+    interrupted_run(scene, tiny_model, options, after=9)
+    result = classify_scene(scene, tiny_model, options)
+    ref = classify_scene(
+        scene, tiny_model, ClassifyOptions(out_dir=tmp_path / "b", device="cpu", batch_size=2)
+    )
+    assert result.per_class == ref.per_class and result.skipped == ref.skipped == 3
+    a = read_outputs(tmp_path / "a")
+    b = read_outputs(tmp_path / "b")
+    assert a[0] == b[0]
+    assert a[2].drop(columns="geometry").equals(b[2].drop(columns="geometry"))
+
+
+def test_stale_temporaries_of_killed_runs_are_removed(make_scene, tiny_model, tmp_path) -> None:
+    scene = make_scene(64, 64)
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = 2**22 + 12345  # above the default pid_max: never a live process
+    stale = [out / f".scene.{dead}.partial.gpkg", out / f".scene_classes.{dead}.partial.tif"]
+    for path in stale:
+        path.write_bytes(b"half")
+    other = out / f".unrelated.{dead}.partial.gpkg"
+    other.write_bytes(b"not ours")
+    classify_scene(scene, tiny_model, ClassifyOptions(out_dir=out, device="cpu"))
+    assert not any(p.exists() for p in stale) and other.exists()
