@@ -70,19 +70,27 @@ class RssSampler:
     """Polls the RSS of this process (and its children) in a thread; ``peak_mb`` after stop.
 
     Unlike ``ru_maxrss`` this gives the peak of one phase of a run, so two
-    pipelines measured in the same process each get their own figure.
+    pipelines measured in the same process each get their own figure. Without
+    psutil (a bare GPU machine) only this process is polled, from /proc.
     """
 
     def __init__(self, interval_s: float = 0.02) -> None:
-        import psutil
+        try:
+            import psutil
 
-        self._proc = psutil.Process()
+            self._proc: Any = psutil.Process()
+        except ImportError:
+            self._proc = None
+        self.counts_children = self._proc is not None
         self._interval = interval_s
         self._stop = threading.Event()
         self.peak_bytes = 0
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _rss(self) -> int:
+        if self._proc is None:
+            pages = int(Path("/proc/self/statm").read_text().split()[1])
+            return pages * os.sysconf("SC_PAGE_SIZE")
         total = self._proc.memory_info().rss
         for child in self._proc.children(recursive=True):
             with contextlib.suppress(Exception):  # child exited meanwhile

@@ -59,14 +59,18 @@ def torchgeo_loop(
         persistent_workers=False,
     )
     probs: list[np.ndarray] = []
+    corners: list[tuple[float, float]] = []  # (top, left) in map units
     with torch.inference_mode():
         for batch in loader:
             x = batch["image"].to(device, non_blocking=True)
             x = (x / 255.0 - mean) / std
             probs.append(runner(x).cpu().numpy())
+            corners.extend((-q[1].stop, q[0].start) for q in batch["bounds"])
     sync(device)
     seconds = time.perf_counter() - start
-    p = np.concatenate(probs)
+    # GridGeoSampler walks rows bottom-up: put the tiles in our (top-down) order.
+    order = sorted(range(len(corners)), key=corners.__getitem__)
+    p = np.concatenate(probs)[order]
     return {"tiles": len(p), "seconds": seconds, "probs": p}
 
 

@@ -60,7 +60,11 @@ def plan(device: str, quick: bool) -> list[tuple[str, str, list[str]]]:
             ("torchgeo_cpu", "bench_torchgeo.py", cpu),
         ]
     if (HERE / "bench_msc.py").exists():
-        runs.append(("msc_" + ("cuda" if device.startswith("cuda") else "cpu"), "bench_msc.py", []))
+        if device.startswith("cuda"):
+            runs.append(("msc_cuda", "bench_msc.py", ["--device", device]))
+            runs.append(("msc_cuda_amp", "bench_msc.py", ["--device", device, "--amp"]))
+        else:
+            runs.append(("msc_cpu", "bench_msc.py", []))
     return runs
 
 
@@ -79,8 +83,6 @@ def main(argv: list[str] | None = None) -> int:
             continue
         out = args.out / f"{name}.json"
         cmd = [sys.executable, str(HERE / script), *extra, "--out", str(out)]
-        if script == "bench_msc.py" and args.device.startswith("cuda"):
-            cmd[2:2] = ["--device", args.device]
         print(f"== {name}: {' '.join(cmd[1:])}", flush=True)
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, cwd=HERE.parent, check=False)

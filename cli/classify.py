@@ -37,6 +37,7 @@ def classify(
     device: opt.Device = "auto",
     amp: opt.Amp = None,
     workers: opt.Workers = 2,
+    compile_model: opt.Compile = False,
     overwrite: opt.Overwrite = False,
     skip_existing: opt.SkipExisting = False,
     resume: opt.Resume = False,
@@ -44,6 +45,22 @@ def classify(
     json_out: opt.Json = False,
     quiet: opt.Quiet = False,
     debug: opt.Debug = False,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(
+            "--scheduler",
+            help="Run the model on the Dask cluster of this scheduler (e.g. tcp://host:8786); "
+            "scenes and model must be at the same paths on the workers.",
+        ),
+    ] = None,
+    cluster: Annotated[
+        str | None,
+        typer.Option(
+            "--cluster",
+            help="local[:N]: run on N Dask worker processes here (default: one per GPU, "
+            "else per CPU core).",
+        ),
+    ] = None,
 ) -> int:
     """Classify each tile of each SCENE; write <scene>.gpkg and <scene>_classes.tif to --out.
 
@@ -66,6 +83,7 @@ def classify(
         device=device,
         amp=amp,
         workers=workers,
+        compile=compile_model,
         out_dir=out,
         overwrite=overwrite,
         scale=scale,
@@ -94,14 +112,28 @@ def classify(
         options.check()
         paths = expand_scenes(scenes, sys.stdin if "-" in scenes else None)
         loaded = load_checkpoint(model)
-        outcomes = classify_scenes(
-            paths,
-            loaded,
-            options,
-            keep_going=keep_going,
-            skip_existing=skip_existing,
-            progress_for=progress_for,
-        )
+        if scheduler is not None or cluster is not None:
+            from mscn_geo.distributed import classify_scenes_on_cluster
+
+            outcomes = classify_scenes_on_cluster(
+                paths,
+                loaded,
+                options,
+                scheduler=scheduler,
+                cluster=cluster,
+                keep_going=keep_going,
+                skip_existing=skip_existing,
+                progress_for=progress_for,
+            )
+        else:
+            outcomes = classify_scenes(
+                paths,
+                loaded,
+                options,
+                keep_going=keep_going,
+                skip_existing=skip_existing,
+                progress_for=progress_for,
+            )
         for outcome in outcomes:
             summary = outcome.to_dict()
             if json_out:

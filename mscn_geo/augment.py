@@ -89,7 +89,9 @@ class BatchAugment(nn.Module):
     def _geometry(self, x: Tensor, picked: list[Tensor]) -> Tensor:
         b, dev = x.shape[0], x.device
         area = torch.empty(b, device=dev).uniform_(*self.scale)
-        log_r = torch.empty(b, device=dev).uniform_(math.log(self.ratio[0]), math.log(self.ratio[1]))
+        log_r = torch.empty(b, device=dev).uniform_(
+            math.log(self.ratio[0]), math.log(self.ratio[1])
+        )
         w = torch.sqrt(area * log_r.exp()).clamp(max=1.0)
         h = torch.sqrt(area / log_r.exp()).clamp(max=1.0)
         cx = (torch.rand(b, device=dev) * 2 - 1) * (1 - w)
@@ -105,15 +107,19 @@ class BatchAugment(nn.Module):
         ty = torch.where(picked[_TRANS_Y], self._signed(b, dev, 2 * 150 / 331), 0.0)
         rot = k + angle
         cos, sin = torch.cos(rot), torch.sin(rot)
-        one, zero = torch.ones_like(cos), torch.zeros_like(cos)
-        r = torch.stack([torch.stack([cos * mirror, -sin], -1), torch.stack([sin * mirror, cos], -1)], -2)
+        one = torch.ones_like(cos)
+        r = torch.stack(
+            [torch.stack([cos * mirror, -sin], -1), torch.stack([sin * mirror, cos], -1)], -2
+        )
         shear = torch.stack([torch.stack([one, shx], -1), torch.stack([shy, one], -1)], -2)
         crop = torch.diag_embed(torch.stack([w, h], -1))
         a = crop @ r @ shear
         t = torch.stack([cx + tx * w, cy + ty * h], -1).unsqueeze(-1)
         theta = torch.cat([a, t], -1)
         grid = F.affine_grid(theta, [b, x.shape[1], self.size, self.size], align_corners=False)
-        return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+        return F.grid_sample(
+            x, grid, mode="bilinear", padding_mode="reflection", align_corners=False
+        )
 
     def _photometric(self, x: Tensor, picked: list[Tensor], c: int) -> Tensor:
         if self.num_ops == 0:
@@ -126,17 +132,24 @@ class BatchAugment(nn.Module):
         def factor() -> Tensor:
             return (1 + self._signed(b, dev, 0.9)).view(-1, 1, 1, 1)
 
-        grey = x.mean(1, keepdim=True) if c != 3 else (
-            0.2989 * x[:, :1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
+        grey = (
+            x.mean(1, keepdim=True)
+            if c != 3
+            else (0.2989 * x[:, :1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
         )
         x = where(_BRIGHTNESS, x * factor())
         if c == 3:
             x = where(_COLOR, grey + factor() * (x - grey))
-        x = where(_CONTRAST, grey.mean((2, 3), keepdim=True) + factor() * (x - grey.mean((2, 3), keepdim=True)))
+        x = where(
+            _CONTRAST,
+            grey.mean((2, 3), keepdim=True) + factor() * (x - grey.mean((2, 3), keepdim=True)),
+        )
         kernel = torch.tensor([[1.0, 1, 1], [1, 5, 1], [1, 1, 1]], device=dev) / 13
-        blurred = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), kernel.expand(c, 1, 3, 3), groups=c)
+        blurred = F.conv2d(
+            F.pad(x, (1, 1, 1, 1), mode="replicate"), kernel.expand(c, 1, 3, 3), groups=c
+        )
         x = where(_SHARPNESS, blurred + factor() * (x - blurred))
-        bits = 8 - int(round(self.m * (_BINS - 1) / ((_BINS - 1) / 4)))
+        bits = 8 - round(self.m * (_BINS - 1) / ((_BINS - 1) / 4))
         q = 2 ** (8 - bits)
         x = where(_POSTERIZE, torch.floor(x * 255 / q) * q / 255)
         x = where(_SOLARIZE, torch.where(x >= 1.0 - self.m, 1.0 - x, x))
@@ -159,8 +172,10 @@ class BatchAugment(nn.Module):
         rows = torch.arange(h, device=dev).view(1, h, 1)
         cols = torch.arange(w, device=dev).view(1, 1, w)
         inside = (
-            (rows >= top.view(-1, 1, 1)) & (rows < (top + eh).view(-1, 1, 1))
-            & (cols >= left.view(-1, 1, 1)) & (cols < (left + ew).view(-1, 1, 1))
+            (rows >= top.view(-1, 1, 1))
+            & (rows < (top + eh).view(-1, 1, 1))
+            & (cols >= left.view(-1, 1, 1))
+            & (cols < (left + ew).view(-1, 1, 1))
             & on.view(-1, 1, 1)
         )
         return x.masked_fill(inside.unsqueeze(1), 0.0)

@@ -105,6 +105,7 @@ def classify_scenes(
     skip_existing: bool = False,
     progress_for: Callable[[Path], contextlib.AbstractContextManager[ProgressCallback]]
     | None = None,
+    classify_one: Callable[..., SceneResult] | None = None,
 ) -> Iterator[SceneOutcome]:
     """Classify ``scenes`` one after the other, yielding one outcome per scene.
 
@@ -112,7 +113,10 @@ def classify_scenes(
     ``options.resume`` unless its resume journal is still there (it was
     interrupted). Without ``keep_going`` the first error is raised after its
     outcome is yielded; :class:`~mscn_geo.errors.Interrupted` always stops.
+    ``classify_one`` replaces :func:`~mscn_geo.predict.classify_scene` (same
+    signature; :mod:`mscn_geo.distributed` gathers a scene's results from a cluster).
     """
+    classify = classify_one or predict.classify_scene
     options.check()
     check_scene_list(scenes, Path(options.out_dir))
     for scene in scenes:
@@ -123,10 +127,10 @@ def classify_scenes(
                 continue
         try:
             if progress_for is None:
-                result = predict.classify_scene(scene, model, options)
+                result = classify(scene, model, options)
             else:
                 with progress_for(scene) as progress:
-                    result = predict.classify_scene(scene, model, options, progress=progress)
+                    result = classify(scene, model, options, progress=progress)
         except Interrupted:
             raise
         except MscnGeoError as exc:

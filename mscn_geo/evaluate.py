@@ -40,7 +40,9 @@ def predict_dataset(
         if device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         views = _dihedral(x) if tta else [x]
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        with torch.autocast(
+            device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
+        ):
             p = sum(F.softmax(model(v).float(), dim=1) for v in views) / len(views)
         probs.append(p.cpu())
         labels.append(torch.as_tensor(y))
@@ -209,8 +211,15 @@ def plot_confusion(path: Path, result: dict[str, Any]) -> Path:
     for i in range(len(classes)):
         for j in range(len(classes)):
             if cm[i, j]:
-                ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7,
-                        color="white" if norm[i, j] > 0.5 else "black")
+                ax.text(
+                    j,
+                    i,
+                    int(cm[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if norm[i, j] > 0.5 else "black",
+                )
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(f"OA {result['overall_accuracy']:.3f}, kappa {result['kappa']:.3f}")

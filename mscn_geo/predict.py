@@ -428,11 +428,22 @@ def _write_raster(
             writer.write(Window(0, y0, info.width, y1 - y0), grid.paint(classes, y0, y1))
 
 
+#: ``predictor(info, grid, model, options, progress)``: per-tile results of every
+#: tile of ``grid``, with the device and autocast dtype they were computed with.
+Predictor = Callable[
+    [SceneInfo, TileGrid, LoadedModel, ClassifyOptions, ProgressCallback | None],
+    tuple[TileResult, torch.device, torch.dtype | None],
+]
+
+
 def classify_scene(
     scene: str | os.PathLike[str],
     model: LoadedModel,
     options: ClassifyOptions,
     progress: ProgressCallback | None = None,
+    *,
+    plan: ScenePlan | None = None,
+    predictor: Predictor | None = None,
 ) -> SceneResult:
     """Classify every tile of ``scene`` and write ``<scene>.gpkg`` and ``<scene>_classes.tif``.
 
@@ -445,6 +456,10 @@ def classify_scene(
 
     Args:
         progress: called as ``progress(tiles_done, tiles_total)``.
+        plan: the scene's :func:`plan_scene` when the caller already made it.
+        predictor: computes the per-tile results instead of :func:`predict_tiles`
+            (:mod:`mscn_geo.distributed` runs them on a Dask cluster); the
+            outputs are written by the same code either way.
 
     Raises:
         InputError, OptionError, OutputError (see :mod:`mscn_geo.errors`).
@@ -454,7 +469,8 @@ def classify_scene(
     options.check()
     start = time.perf_counter()
     scene = Path(scene)
-    plan = plan_scene(scene, model.meta, options)
+    if plan is None:
+        plan = plan_scene(scene, model.meta, options)
     info, grid = plan.info, plan.grid
     warnings = list(plan.warnings)
     out_dir = Path(options.out_dir)
@@ -485,7 +501,7 @@ def classify_scene(
     with atomic_outputs(list(paths.values()), overwrite=overwrite) as temps:
         tmp = dict(zip(names, temps, strict=True))
         if journal is None:
-            result, device, amp = predict_tiles(info, grid, model, options, progress)
+            result, device, amp = (predictor or predict_tiles)(info, grid, model, options, progress)
         else:
             result, device, amp = _predict_resumable(info, grid, model, options, progress, journal)
         frame = _tiles_frame(info, result, meta.class_names)
@@ -646,6 +662,24 @@ def _predict_resumable(
     return TileResult(tiles, class_ids, probs, nodata_fraction), device, amp
 
 
+def predict_tile_rows(
+    info: SceneInfo,
+    grid: TileGrid,
+    rows: range,
+    model: LoadedModel,
+    options: ClassifyOptions,
+    progress: ProgressCallback | None = None,
+) -> tuple[TileResult, torch.device, torch.dtype | None]:
+    """:func:`predict_tiles` for the tiles of grid rows ``rows`` only (a block of a scene).
+
+    The result's arrays are in grid order of those tiles; a distributed run
+    (:mod:`mscn_geo.distributed`) merges the blocks of a scene.
+    """
+    subset = tuple(t for t in grid.tiles() if t.row in rows)
+    part = _TileSubset(grid.width, grid.height, grid.tile, grid.stride, subset)
+    return predict_tiles(info, part, model, options, progress)
+
+
 #: Scenes up to this many pixels get an exact nodata-tile count in ``info``.
 EXACT_COUNT_PIXELS = 64 * 2**20
 _MASK_SAMPLE_SIDE = 2048
@@ -703,6 +737,7 @@ __all__ = [
     "count_nodata_tiles",
     "estimate_nodata_tiles",
     "plan_scene",
+    "predict_tile_rows",
     "predict_tiles",
 ]
 

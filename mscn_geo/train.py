@@ -156,7 +156,9 @@ def load_backbone_weights(model: nn.Module, path: Path) -> list[str]:
         if k == "conv1.weight" and v.shape[1] != target[k].shape[1]:
             v = v.mean(1, keepdim=True).repeat(1, target[k].shape[1], 1, 1)
         if v.shape != target[k].shape:
-            raise CheckpointError(f"{path}: {k} has shape {tuple(v.shape)}, model wants {tuple(target[k].shape)}")
+            raise CheckpointError(
+                f"{path}: {k} has shape {tuple(v.shape)}, model wants {tuple(target[k].shape)}"
+            )
         state[k] = v
     if not state:
         raise CheckpointError(f"{path} has no weights matching a ResNet backbone")
@@ -208,8 +210,10 @@ def train(
     and ``<out>_config.yaml`` (the config used). Returns a summary dict.
     """
     out = Path(out)
-    if not out.parent.exists():
-        raise OptionError(f"output folder does not exist: {out.parent}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OptionError(f"cannot create output folder {out.parent}: {exc.strerror}") from exc
     stem = out.with_suffix("")
     last_path = Path(f"{stem}_last.pt")
     log_path = Path(f"{stem}_log.jsonl")
@@ -231,7 +235,10 @@ def train(
     device = resolve_device(cfg.device)
     amp_dtype = autocast_dtype(device, cfg.amp)
     model = create_model(
-        cfg.arch, num_classes=len(classes), in_chans=bands, drop_rate=cfg.drop_rate,
+        cfg.arch,
+        num_classes=len(classes),
+        in_chans=bands,
+        drop_rate=cfg.drop_rate,
         **cfg.arch_kwargs,
     )
     if cfg.init_backbone and state is None:
@@ -243,7 +250,10 @@ def train(
     for name, p in model.named_parameters():
         (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
     optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0}],
+        [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0},
+        ],
         lr=cfg.lr,
     )
     steps_per_epoch = max(1, len(train_set) // cfg.batch_size)
@@ -253,14 +263,18 @@ def train(
     warmup_steps = cfg.warmup_epochs * steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
-        lambda s: _lr_factor(s, warmup_steps, plan["epochs"] * steps_per_epoch, cfg.min_lr / cfg.lr),
+        lambda s: _lr_factor(
+            s, warmup_steps, plan["epochs"] * steps_per_epoch, cfg.min_lr / cfg.lr
+        ),
     )
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     ema = None
     if cfg.ema_decay > 0:
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+        ema = AveragedModel(
+            model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True
+        )
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     mixer = _batch_mixer(cfg, len(classes))
 
@@ -291,8 +305,12 @@ def train(
     )
     val_loader = DataLoader(val_set, batch_size=cfg.batch_size * 2, num_workers=0)
     augment = BatchAugment(
-        cfg.input_size, mean, std, scale=(cfg.crop_scale_min, 1.0),
-        magnitude=cfg.randaugment_magnitude, erasing=cfg.random_erasing,
+        cfg.input_size,
+        mean,
+        std,
+        scale=(cfg.crop_scale_min, 1.0),
+        magnitude=cfg.randaugment_magnitude,
+        erasing=cfg.random_erasing,
     ).to(device)
     images, labels = _device_cache(train_set, device)
     generator = torch.Generator()
@@ -314,7 +332,9 @@ def train(
                 x, y = mixer(x, y)
             if memory_format:
                 x = x.contiguous(memory_format=memory_format)
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            with torch.autocast(
+                device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
+            ):
                 loss = criterion(model(x), y)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -328,11 +348,19 @@ def train(
             if on_step:
                 on_step(step + 1, steps_per_epoch)
         val = evaluate_dataset(model, val_set, device, amp_dtype, loader=val_loader)
-        val_ema = evaluate_dataset(ema.module, val_set, device, amp_dtype, loader=val_loader) if ema else None
+        val_ema = (
+            evaluate_dataset(ema.module, val_set, device, amp_dtype, loader=val_loader)
+            if ema
+            else None
+        )
         entry = EpochLog(
-            epoch=epoch + 1, lr=optimizer.param_groups[0]["lr"], train_loss=total / max(1, seen),
-            val_loss=val["loss"], val_oa=val["overall_accuracy"],
-            val_oa_ema=val_ema["overall_accuracy"] if val_ema else None, seconds=time.time() - t0,
+            epoch=epoch + 1,
+            lr=optimizer.param_groups[0]["lr"],
+            train_loss=total / max(1, seen),
+            val_loss=val["loss"],
+            val_oa=val["overall_accuracy"],
+            val_oa_ema=val_ema["overall_accuracy"] if val_ema else None,
+            seconds=time.time() - t0,
         )
         history.append(dataclasses.asdict(entry))
         with log_path.open("a") as fh:
@@ -347,19 +375,32 @@ def train(
         if score > best:
             best = score
             meta.metrics = {
-                "val_overall_accuracy": score, "epoch": epoch + 1, "weights": which,
+                "val_overall_accuracy": score,
+                "epoch": epoch + 1,
+                "weights": which,
                 "val_images": len(val_set),
             }
             save_checkpoint(out, chosen, cfg.arch, meta, arch_kwargs=_arch_kwargs(cfg), half=True)
         train_state = {
-            "config": dataclasses.asdict(cfg), "epoch": epoch, "best": best,
-            "planned_epochs": plan["epochs"], "history": history,
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+            "config": dataclasses.asdict(cfg),
+            "epoch": epoch,
+            "best": best,
+            "planned_epochs": plan["epochs"],
+            "history": history,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
             "ema": ema.state_dict() if ema else None,
         }
-        save_checkpoint(last_path, model, cfg.arch, meta, arch_kwargs=_arch_kwargs(cfg),
-                        extra={"train_state": train_state})
+        save_checkpoint(
+            last_path,
+            model,
+            cfg.arch,
+            meta,
+            arch_kwargs=_arch_kwargs(cfg),
+            extra={"train_state": train_state},
+        )
         if on_epoch:
             on_epoch(entry)
     _write_config(Path(f"{stem}_config.yaml"), cfg)
@@ -376,7 +417,7 @@ def train(
 
 
 def _device_cache(ds: ChipDataset, device: torch.device) -> tuple[Tensor, Tensor]:
-    """The uint8 training cache and labels, on the GPU when it fits in a quarter of its free memory."""
+    """The uint8 training cache and labels; on the GPU when they fit in 1/4 of its free memory."""
     labels = torch.tensor(ds.labels, dtype=torch.long)
     if device.type == "cuda" and ds.images.numel() < torch.cuda.mem_get_info(device)[0] // 4:
         return ds.images.to(device), labels.to(device)

@@ -68,7 +68,14 @@ class MSC(nn.Module):
         self.attn2 = nn.Parameter(torch.tensor([0.5]))
 
     def pooled_tokens(self, y: Tensor) -> Tensor:
-        """Sum of the stride-1 "same" average pools of y, as (B, H1*W1, C) tokens."""
+        """Sum of the stride-1 "same" average pools of y, as (B, H1*W1, C) tokens.
+
+        Pooling a channels-last copy is 3x faster on CPU and bitwise equal to the
+        published layout (a depthwise conv with the summed kernels would be 8x
+        faster, but its rounding flips near-tied top-k picks against the
+        published module's output).
+        """
+        y = y.contiguous(memory_format=torch.channels_last)
         pooled = sum(
             F.avg_pool2d(y, p, stride=1, padding=p // 2, count_include_pad=True)
             for p in self.pool_sizes

@@ -28,8 +28,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-# Score-chunk budget in elements (float32): 16 M elements = 64 MB.
-_CHUNK_ELEMENTS = 1 << 24
+# Score-chunk budget in elements (float32): 8 M elements = 32 MB per temporary.
+_CHUNK_ELEMENTS = 1 << 23
 
 
 def _rows_per_chunk(batch_heads: int, n_keys: int, n_queries: int) -> int:
@@ -41,22 +41,63 @@ def _scores(q: Tensor, k: Tensor) -> Tensor:
     return torch.matmul(q, k.transpose(-2, -1)).float()
 
 
-def _row_stats(s: Tensor, k_a: int, k_b: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Row maximum and the k_a-th / k_b-th largest score of each row of ``s``."""
-    top = torch.topk(s, max(k_a, k_b), dim=-1, sorted=True).values
-    return top[..., :1], top[..., k_a - 1 : k_a], top[..., k_b - 1 : k_b]
+def _row_stats(s: Tensor, k_a: int, k_b: int) -> Tensor:
+    """(5, ..., 1): row max, the k_a-th and k_b-th largest scores, and the two normalisers.
+
+    One unsorted ``topk`` of the larger k gives the row max and its threshold;
+    a ``kthvalue`` inside those values gives the other threshold. The
+    normalisers ``z = sum(exp(s - max))`` over each kept set come from the top
+    values alone, unless a tie at a threshold keeps more than k entries (fp16
+    scores), in which case they are summed over the whole row.
+    """
+    k_big, k_small = max(k_a, k_b), min(k_a, k_b)
+    top = torch.topk(s, k_big, dim=-1, sorted=False).values
+    m = top.amax(-1, keepdim=True)
+    t_big = top.amin(-1, keepdim=True)
+    if k_small == k_big:
+        t_small = t_big
+    else:
+        t_small = torch.kthvalue(top, k_big - k_small + 1, dim=-1, keepdim=True).values
+    e_top = torch.exp(top - m)
+    z_big = e_top.sum(-1, keepdim=True)
+    z_small = (e_top * (top >= t_small)).sum(-1, keepdim=True)
+    ties = ((s >= t_big).sum(-1, keepdim=True) != k_big) | (
+        (s >= t_small).sum(-1, keepdim=True) != k_small
+    )
+    if bool(ties.any()):
+        e = torch.exp(s - m)
+        z_big = torch.where(ties, (e * (s >= t_big)).sum(-1, keepdim=True), z_big)
+        z_small = torch.where(ties, (e * (s >= t_small)).sum(-1, keepdim=True), z_small)
+    if k_a >= k_b:
+        return torch.stack((m, t_big, t_small, z_big, z_small))
+    return torch.stack((m, t_small, t_big, z_small, z_big))
 
 
-def _sparse_maps(
-    s: Tensor, m: Tensor, t_a: Tensor, t_b: Tensor
+def _weights(
+    s: Tensor, stats: Tensor, a1: Tensor, a2: Tensor
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """exp(s - m), the two keep-masks and their normalisers."""
-    e = torch.exp(s - m)
+    """exp(s - max) in place of ``s``, the keep-masks, and their weights per row.
+
+    P = e * w with w = a1/z_a on the first kept set plus a2/z_b on the second.
+    """
+    m, t_a, t_b, z_a, z_b = stats
     keep_a = s >= t_a
     keep_b = s >= t_b
-    z_a = (e * keep_a).sum(-1, keepdim=True)
-    z_b = (e * keep_b).sum(-1, keepdim=True)
-    return e, keep_a, keep_b, z_a, z_b
+    c_a, c_b = a1 / z_a, a2 / z_b
+    e = s.sub_(m).exp_()
+    return e, keep_a, keep_b, c_a, c_b
+
+
+def _combine(keep_a: Tensor, keep_b: Tensor, on_a: Tensor, on_b: Tensor, b_in_a: bool) -> Tensor:
+    """Per entry: on_a + on_b where both sets keep it, the bigger set's value where only it does.
+
+    One kept set always contains the other (both are top-k sets of one row):
+    ``b_in_a`` says which, so two ``where`` passes suffice.
+    """
+    zero = torch.zeros((), dtype=on_a.dtype, device=on_a.device)
+    if b_in_a:
+        return torch.where(keep_b, on_a + on_b, torch.where(keep_a, on_a, zero))
+    return torch.where(keep_a, on_a + on_b, torch.where(keep_b, on_b, zero))
 
 
 class _DualTopKAttention(torch.autograd.Function):
@@ -81,13 +122,13 @@ class _DualTopKAttention(torch.autograd.Function):
         for lo in range(0, n, step):
             hi = min(n, lo + step)
             s = _scores(q[:, lo:hi], k)
-            m, t_a, t_b = _row_stats(s, k_a, k_b)
-            e, keep_a, keep_b, z_a, z_b = _sparse_maps(s, m, t_a, t_b)
-            del s
-            p = e.mul_(keep_a * (a1f / z_a) + keep_b * (a2f / z_b))
+            chunk_stats = _row_stats(s, k_a, k_b)
+            e, keep_a, keep_b, c_a, c_b = _weights(s, chunk_stats, a1f, a2f)
+            p = e.mul_(_combine(keep_a, keep_b, c_a, c_b, k_b <= k_a))
             out[:, lo:hi] = torch.matmul(p.to(v.dtype), v)
-            stats[:, :, lo:hi] = torch.stack((m, t_a, t_b, z_a, z_b))
+            stats[:, :, lo:hi] = chunk_stats
         ctx.save_for_backward(q, k, v, a1, a2, stats)
+        ctx.b_in_a = k_b <= k_a
         return out
 
     @staticmethod
@@ -104,23 +145,24 @@ class _DualTopKAttention(torch.autograd.Function):
         a1f, a2f = a1.float(), a2.float()
         for lo in range(0, n, step):
             hi = min(n, lo + step)
-            m, t_a, t_b, z_a, z_b = stats[:, :, lo:hi]
-            s = _scores(q[:, lo:hi], k)
-            e, keep_a, keep_b, _, _ = _sparse_maps(s, m, t_a, t_b)
-            del s
-            p_a = e * keep_a / z_a
-            p_b = e.mul_(keep_b).div_(z_b)
             g = grad_out[:, lo:hi]
-            p = a1f * p_a + a2f * p_b
+            s = _scores(q[:, lo:hi], k)
+            e, keep_a, keep_b, c_a, c_b = _weights(s, stats[:, :, lo:hi], a1f, a2f)
+            p = e * _combine(keep_a, keep_b, c_a, c_b, ctx.b_in_a)
             grad_v += torch.matmul(p.transpose(-2, -1).to(g.dtype), g).float()
-            del p
             dp = torch.matmul(g, v.transpose(-2, -1).to(g.dtype)).float()
-            dot_a = (dp * p_a).sum(-1, keepdim=True)
-            dot_b = (dp * p_b).sum(-1, keepdim=True)
+            # d softmax over a kept set: P_x * (dP - <dP, P_x>), with P_x = e * keep_x / z_x.
+            z_a, z_b = stats[3, :, lo:hi], stats[4, :, lo:hi]
+            e_dp = e * dp
+            zero = torch.zeros((), device=q.device)
+            dot_a = torch.where(keep_a, e_dp, zero).sum(-1, keepdim=True) / z_a
+            dot_b = torch.where(keep_b, e_dp, zero).sum(-1, keepdim=True) / z_b
+            del e_dp
             grad_a1 += dot_a.sum()
             grad_a2 += dot_b.sum()
-            ds = (p_a.mul_(dp - dot_a).mul_(a1f)).add_(p_b.mul_(dp.sub_(dot_b)).mul_(a2f))
-            ds = ds.to(q.dtype)
+            # ds = P * dP - e * (keep_a c_a dot_a + keep_b c_b dot_b)
+            shift = _combine(keep_a, keep_b, c_a * dot_a, c_b * dot_b, ctx.b_in_a)
+            ds = p.mul_(dp).sub_(e.mul_(shift)).to(q.dtype)
             grad_q[:, lo:hi] = torch.matmul(ds, k)
             grad_k += torch.matmul(ds.transpose(-2, -1), q[:, lo:hi]).float()
         return (
