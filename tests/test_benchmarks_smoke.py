@@ -43,6 +43,7 @@ def test_pipeline_smoke(bench, tmp_path: Path) -> None:
     assert result["scene"]["block_shape"] == [256, 256]
     (round_,) = result["rounds"]
     assert round_["model_only_tiles_per_s"] > 0 and round_["loop_tiles_per_s"] > 0
+    assert 0 < round_["cpu_ratio"] < 10 and round_["loop_cpu_ms_per_tile"] > 0
     assert round_["ratio"] == pytest.approx(
         round_["loop_tiles_per_s"] / round_["model_only_tiles_per_s"], rel=0.01
     )
@@ -77,6 +78,10 @@ def test_torchgeo_smoke(bench, tmp_path: Path) -> None:
     assert result["max_probability_difference"] < 1e-4  # same model, same tiles
     assert result["speedup"] == pytest.approx(ours["tiles_per_s"] / theirs["tiles_per_s"], rel=0.01)
     assert ours["peak_rss_mb"] > 50 and theirs["peak_rss_mb"] > 50
+    assert ours["cpu_ms_per_tile"] > 0 and theirs["cpu_ms_per_tile"] > 0
+    assert result["cpu_speedup"] == pytest.approx(
+        theirs["cpu_ms_per_tile"] / ours["cpu_ms_per_tile"], rel=0.02
+    )
 
 
 def test_run_all_plans_every_benchmark(bench) -> None:

@@ -76,10 +76,10 @@ class MSC(nn.Module):
         published module's output).
         """
         y = y.contiguous(memory_format=torch.channels_last)
-        pooled = sum(
-            F.avg_pool2d(y, p, stride=1, padding=p // 2, count_include_pad=True)
-            for p in self.pool_sizes
-        )
+        pooled = None
+        for p in self.pool_sizes:  # summed in place: one map alive, not three
+            pool = F.avg_pool2d(y, p, stride=1, padding=p // 2, count_include_pad=True)
+            pooled = pool if pooled is None else pooled.add_(pool)
         return self.layer_norm(pooled.flatten(2).transpose(1, 2))
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:

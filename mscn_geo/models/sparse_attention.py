@@ -28,12 +28,23 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-# Score-chunk budget in elements (float32): 8 M elements = 32 MB per temporary.
-_CHUNK_ELEMENTS = 1 << 23
+# Score-chunk budget in elements (float32): 4 M elements = 16 MB per temporary.
+_CHUNK_ELEMENTS = 1 << 22
 
 
-def _rows_per_chunk(batch_heads: int, n_keys: int, n_queries: int) -> int:
-    return max(1, min(n_queries, _CHUNK_ELEMENTS // max(1, batch_heads * n_keys)))
+def _chunks(batch_heads: int, n_queries: int, n_keys: int) -> list[tuple[slice, slice]]:
+    """(batch-head, query-row) slices covering the score tensor in budget-sized chunks.
+
+    Whole (batch, head) maps are grouped first, so each chunk reads only its
+    own keys and values; rows are split only when one map exceeds the budget.
+    """
+    rows = max(1, min(n_queries, _CHUNK_ELEMENTS // max(1, n_keys)))
+    maps = max(1, _CHUNK_ELEMENTS // (rows * n_keys))
+    return [
+        (slice(b, min(batch_heads, b + maps)), slice(r, min(n_queries, r + rows)))
+        for b in range(0, batch_heads, maps)
+        for r in range(0, n_queries, rows)
+    ]
 
 
 def _scores(q: Tensor, k: Tensor) -> Tensor:
@@ -114,19 +125,16 @@ class _DualTopKAttention(torch.autograd.Function):
     ) -> Tensor:
         # q, k, v: (BH, N, d), (BH, N1, d), (BH, N1, d); q already scaled.
         bh, n, _ = q.shape
-        n1 = k.shape[1]
-        step = _rows_per_chunk(bh, n1, n)
         out = torch.empty_like(q, dtype=v.dtype)
         stats = torch.empty(5, bh, n, 1, device=q.device, dtype=torch.float32)
         a1f, a2f = a1.float(), a2.float()
-        for lo in range(0, n, step):
-            hi = min(n, lo + step)
-            s = _scores(q[:, lo:hi], k)
+        for maps, rows in _chunks(bh, n, k.shape[1]):
+            s = _scores(q[maps, rows], k[maps])
             chunk_stats = _row_stats(s, k_a, k_b)
             e, keep_a, keep_b, c_a, c_b = _weights(s, chunk_stats, a1f, a2f)
             p = e.mul_(_combine(keep_a, keep_b, c_a, c_b, k_b <= k_a))
-            out[:, lo:hi] = torch.matmul(p.to(v.dtype), v)
-            stats[:, :, lo:hi] = chunk_stats
+            out[maps, rows] = torch.matmul(p.to(v.dtype), v[maps])
+            stats[:, maps, rows] = chunk_stats
         ctx.save_for_backward(q, k, v, a1, a2, stats)
         ctx.b_in_a = k_b <= k_a
         return out
@@ -135,26 +143,24 @@ class _DualTopKAttention(torch.autograd.Function):
     def backward(ctx, grad_out: Tensor):  # type: ignore[override]
         q, k, v, a1, a2, stats = ctx.saved_tensors
         bh, n, _ = q.shape
-        n1 = k.shape[1]
-        step = _rows_per_chunk(bh, n1, n)
         grad_q = torch.empty_like(q)
         grad_k = torch.zeros(k.shape, device=k.device, dtype=torch.float32)
         grad_v = torch.zeros(v.shape, device=v.device, dtype=torch.float32)
         grad_a1 = torch.zeros((), device=q.device, dtype=torch.float32)
         grad_a2 = torch.zeros((), device=q.device, dtype=torch.float32)
         a1f, a2f = a1.float(), a2.float()
-        for lo in range(0, n, step):
-            hi = min(n, lo + step)
-            g = grad_out[:, lo:hi]
-            s = _scores(q[:, lo:hi], k)
-            e, keep_a, keep_b, c_a, c_b = _weights(s, stats[:, :, lo:hi], a1f, a2f)
+        zero = torch.zeros((), device=q.device)
+        for maps, rows in _chunks(bh, n, k.shape[1]):
+            g, qc, kc, vc = grad_out[maps, rows], q[maps, rows], k[maps], v[maps]
+            chunk_stats = stats[:, maps, rows]
+            s = _scores(qc, kc)
+            e, keep_a, keep_b, c_a, c_b = _weights(s, chunk_stats, a1f, a2f)
             p = e * _combine(keep_a, keep_b, c_a, c_b, ctx.b_in_a)
-            grad_v += torch.matmul(p.transpose(-2, -1).to(g.dtype), g).float()
-            dp = torch.matmul(g, v.transpose(-2, -1).to(g.dtype)).float()
+            grad_v[maps] += torch.matmul(p.transpose(-2, -1).to(g.dtype), g).float()
+            dp = torch.matmul(g, vc.transpose(-2, -1).to(g.dtype)).float()
             # d softmax over a kept set: P_x * (dP - <dP, P_x>), with P_x = e * keep_x / z_x.
-            z_a, z_b = stats[3, :, lo:hi], stats[4, :, lo:hi]
+            z_a, z_b = chunk_stats[3], chunk_stats[4]
             e_dp = e * dp
-            zero = torch.zeros((), device=q.device)
             dot_a = torch.where(keep_a, e_dp, zero).sum(-1, keepdim=True) / z_a
             dot_b = torch.where(keep_b, e_dp, zero).sum(-1, keepdim=True) / z_b
             del e_dp
@@ -163,8 +169,8 @@ class _DualTopKAttention(torch.autograd.Function):
             # ds = P * dP - e * (keep_a c_a dot_a + keep_b c_b dot_b)
             shift = _combine(keep_a, keep_b, c_a * dot_a, c_b * dot_b, ctx.b_in_a)
             ds = p.mul_(dp).sub_(e.mul_(shift)).to(q.dtype)
-            grad_q[:, lo:hi] = torch.matmul(ds, k)
-            grad_k += torch.matmul(ds.transpose(-2, -1), q[:, lo:hi]).float()
+            grad_q[maps, rows] = torch.matmul(ds, kc)
+            grad_k[maps] += torch.matmul(ds.transpose(-2, -1), qc).float()
         return (
             grad_q,
             grad_k.to(k.dtype),
