@@ -60,14 +60,6 @@ Amp = Annotated[
 Workers = Annotated[
     int, typer.Option("--workers", help="Threads reading tiles (0: no threads).", min=0)
 ]
-Compile = Annotated[
-    bool,
-    typer.Option(
-        "--compile",
-        help="torch.compile the model first: about a minute to start, then faster "
-        "(pays off from about 1,000 tiles on CPU; README, Performance).",
-    ),
-]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")]
 Json = Annotated[
     bool, typer.Option("--json", help="Print one JSON object per line on stdout instead.")

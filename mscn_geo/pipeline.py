@@ -149,8 +149,9 @@ def prepare_model(
     """Move ``model`` to ``device`` in eval mode; channels-last and ``torch.compile`` optional.
 
     channels_last is the default on CPU and CUDA: measured faster for the
-    ResNet backbones (README, Performance). ``compile`` is off by default (see
-    the README for when it pays).
+    ResNet backbones (README, Performance). ``compile`` is off by default: on
+    real imagery the MSC top-k tie check breaks the graph, and classify ran
+    slower compiled than eager on CPU (README, Performance).
     """
     key = (str(device), amp, channels_last, compile)
     # Kept on the module itself, so it goes when the model goes.

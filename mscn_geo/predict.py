@@ -58,7 +58,8 @@ class ClassifyOptions:
         overwrite: replace existing outputs instead of failing.
         channels_last: run the model in channels-last memory format (faster for
             the ResNet backbones on CPU and CUDA; README, Performance).
-        compile: ``torch.compile`` the model first (slow start, faster after).
+        compile: ``torch.compile`` the model first (not a CLI option: measured slower
+            for classify on CPU, README, Performance).
         scale: ``"MIN,MAX"`` linear scaling to 0..255 (``--scale``); default: a
             per-band percentile stretch for non-uint8 data (:mod:`mscn_geo.scaling`).
         allow_no_crs: classify a scene without CRS; outputs have no CRS and are
