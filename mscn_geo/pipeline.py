@@ -154,20 +154,19 @@ def prepare_model(
     slower compiled than eager on CPU (README, Performance).
     """
     key = (str(device), amp, channels_last, compile)
-    # Kept on the module itself, so it goes when the model goes.
-    runners: dict[tuple[object, ...], ModelRunner] = model.__dict__.setdefault(
-        "_mscn_geo_runners", {}
-    )
-    cached = runners.get(key)
-    if cached is not None:  # e.g. resumable runs call the loop once per chunk
-        return cached
+    # Kept on the module itself, so it goes when the model goes. Only the last
+    # preparation is kept: preparing moves and re-lays-out the module in place,
+    # so a runner prepared for another key would now run on changed weights.
+    cached = model.__dict__.get("_mscn_geo_runner")
+    if cached is not None and cached[0] == key:  # resumable runs call the loop per chunk
+        return cached[1]
     net: nn.Module = model.eval().to(device)
     net = net.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     runner: Callable[[torch.Tensor], torch.Tensor] = net
     if compile:
         runner = torch.compile(net, dynamic=False)  # type: ignore[assignment]
     prepared = ModelRunner(runner, device, amp, channels_last)
-    runners[key] = prepared
+    model.__dict__["_mscn_geo_runner"] = (key, prepared)
     return prepared
 
 

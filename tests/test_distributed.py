@@ -27,6 +27,7 @@ from mscn_geo import distributed as dist  # noqa: E402
 def client():
     import logging
 
+    saved_environ = dict(os.environ)
     cluster = distributed.LocalCluster(
         n_workers=2,
         threads_per_worker=1,
@@ -38,6 +39,11 @@ def client():
     with cluster, distributed.Client(cluster) as c:
         c.wait_for_workers(2, timeout=60)
         yield c
+    # Starting a LocalCluster sets OMP/MKL/OPENBLAS_NUM_THREADS=1 in this
+    # process's environment (for its workers); later tests' subprocesses would
+    # inherit it and round differently from in-process runs.
+    os.environ.clear()
+    os.environ.update(saved_environ)
 
 
 def _options(out: Path, **kw: object) -> ClassifyOptions:

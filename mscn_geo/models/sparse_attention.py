@@ -28,8 +28,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-# Score-chunk budget in elements (float32): 4 M elements = 16 MB per temporary.
-_CHUNK_ELEMENTS = 1 << 22
+# Score-chunk budget in elements (float32): 2 M elements = 8 MB per temporary.
+_CHUNK_ELEMENTS = 1 << 21
 
 
 def _chunks(batch_heads: int, n_queries: int, n_keys: int) -> list[tuple[slice, slice]]:
@@ -58,8 +58,8 @@ def _row_stats(s: Tensor, k_a: int, k_b: int) -> Tensor:
     One unsorted ``topk`` of the larger k gives the row max and its threshold;
     a ``kthvalue`` inside those values gives the other threshold. The
     normalisers ``z = sum(exp(s - max))`` over each kept set come from the top
-    values alone, unless a tie at a threshold keeps more than k entries (fp16
-    scores), in which case they are summed over the whole row.
+    values alone; :func:`_fix_ties` corrects them where a tie at a threshold
+    keeps more than k entries (fp16 scores, repeated keys).
     """
     k_big, k_small = max(k_a, k_b), min(k_a, k_b)
     top = torch.topk(s, k_big, dim=-1, sorted=False).values
@@ -72,31 +72,26 @@ def _row_stats(s: Tensor, k_a: int, k_b: int) -> Tensor:
     e_top = torch.exp(top - m)
     z_big = e_top.sum(-1, keepdim=True)
     z_small = (e_top * (top >= t_small)).sum(-1, keepdim=True)
-    ties = ((s >= t_big).sum(-1, keepdim=True) != k_big) | (
-        (s >= t_small).sum(-1, keepdim=True) != k_small
-    )
-    if bool(ties.any()):
-        e = torch.exp(s - m)
-        z_big = torch.where(ties, (e * (s >= t_big)).sum(-1, keepdim=True), z_big)
-        z_small = torch.where(ties, (e * (s >= t_small)).sum(-1, keepdim=True), z_small)
     if k_a >= k_b:
         return torch.stack((m, t_big, t_small, z_big, z_small))
     return torch.stack((m, t_small, t_big, z_small, z_big))
 
 
-def _weights(
-    s: Tensor, stats: Tensor, a1: Tensor, a2: Tensor
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """exp(s - max) in place of ``s``, the keep-masks, and their weights per row.
+def _fix_ties(stats: Tensor, e: Tensor, keep_a: Tensor, keep_b: Tensor, k_a: int, k_b: int) -> None:
+    """Recompute, in ``stats``, the normalisers of rows whose kept sets hold tied extras."""
+    ties = (keep_a.sum(-1, keepdim=True) != k_a) | (keep_b.sum(-1, keepdim=True) != k_b)
+    if bool(ties.any()):
+        zero = torch.zeros((), dtype=e.dtype, device=e.device)
+        stats[3] = torch.where(ties, torch.where(keep_a, e, zero).sum(-1, keepdim=True), stats[3])
+        stats[4] = torch.where(ties, torch.where(keep_b, e, zero).sum(-1, keepdim=True), stats[4])
 
-    P = e * w with w = a1/z_a on the first kept set plus a2/z_b on the second.
-    """
-    m, t_a, t_b, z_a, z_b = stats
+
+def _exp_and_masks(s: Tensor, stats: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """exp(s - max) in place of ``s``, and the two keep-masks."""
+    m, t_a, t_b = stats[0], stats[1], stats[2]
     keep_a = s >= t_a
     keep_b = s >= t_b
-    c_a, c_b = a1 / z_a, a2 / z_b
-    e = s.sub_(m).exp_()
-    return e, keep_a, keep_b, c_a, c_b
+    return s.sub_(m).exp_(), keep_a, keep_b
 
 
 def _combine(keep_a: Tensor, keep_b: Tensor, on_a: Tensor, on_b: Tensor, b_in_a: bool) -> Tensor:
@@ -131,7 +126,10 @@ class _DualTopKAttention(torch.autograd.Function):
         for maps, rows in _chunks(bh, n, k.shape[1]):
             s = _scores(q[maps, rows], k[maps])
             chunk_stats = _row_stats(s, k_a, k_b)
-            e, keep_a, keep_b, c_a, c_b = _weights(s, chunk_stats, a1f, a2f)
+            e, keep_a, keep_b = _exp_and_masks(s, chunk_stats)
+            _fix_ties(chunk_stats, e, keep_a, keep_b, k_a, k_b)
+            # P = e * w, w = a1/z_a on the first kept set plus a2/z_b on the second.
+            c_a, c_b = a1f / chunk_stats[3], a2f / chunk_stats[4]
             p = e.mul_(_combine(keep_a, keep_b, c_a, c_b, k_b <= k_a))
             out[maps, rows] = torch.matmul(p.to(v.dtype), v[maps])
             stats[:, maps, rows] = chunk_stats
@@ -154,7 +152,8 @@ class _DualTopKAttention(torch.autograd.Function):
             g, qc, kc, vc = grad_out[maps, rows], q[maps, rows], k[maps], v[maps]
             chunk_stats = stats[:, maps, rows]
             s = _scores(qc, kc)
-            e, keep_a, keep_b, c_a, c_b = _weights(s, chunk_stats, a1f, a2f)
+            e, keep_a, keep_b = _exp_and_masks(s, chunk_stats)
+            c_a, c_b = a1f / chunk_stats[3], a2f / chunk_stats[4]
             p = e * _combine(keep_a, keep_b, c_a, c_b, ctx.b_in_a)
             grad_v[maps] += torch.matmul(p.transpose(-2, -1).to(g.dtype), g).float()
             dp = torch.matmul(g, vc.transpose(-2, -1).to(g.dtype)).float()
