@@ -171,8 +171,7 @@ def plan_scene(
     if options.resample:
         if size_m is None or not meta.pixel_size_m:
             raise OptionError(
-                f"--resample needs the scene's pixel size in metres; {info.path} has no "
-                "usable CRS"
+                f"--resample needs the scene's pixel size in metres; {info.path} has no usable CRS"
             )
         scale = meta.pixel_size_m / size_m  # scene pixels per model pixel
         window = round(tile * scale)
@@ -656,9 +655,7 @@ def _predict_resumable(
         class_ids[index] = part.class_ids
         probs[index] = part.probs
         nodata_fraction[index] = part.nodata_fraction
-        journal.save(
-            c, ChunkResult(index, part.class_ids, part.probs, part.nodata_fraction)
-        )
+        journal.save(c, ChunkResult(index, part.class_ids, part.probs, part.nodata_fraction))
         done += hi - lo
     return TileResult(tiles, class_ids, probs, nodata_fraction), device, amp
 

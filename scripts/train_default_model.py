@@ -38,7 +38,11 @@ def _run(name: str, overrides: dict, data: str, out: str, budget: float) -> None
 
     torch.set_num_threads(2)
     cfg = TrainConfig(
-        epochs=600, time_budget_min=budget, ema_decay=0.998, val_fraction=0.2, seed=0,
+        epochs=600,
+        time_budget_min=budget,
+        ema_decay=0.998,
+        val_fraction=0.2,
+        seed=0,
         **overrides,
     )
     path = Path(out) / f"{name}.pt"
@@ -46,7 +50,8 @@ def _run(name: str, overrides: dict, data: str, out: str, budget: float) -> None
     report = evaluate_folder(Path(data), path, Path(out) / f"{name}_eval", split="val")
     report_tta = evaluate_folder(Path(data), path, split="val", tta=True)
     summary.update(
-        val=report, val_tta_overall_accuracy=report_tta["overall_accuracy"],
+        val=report,
+        val_tta_overall_accuracy=report_tta["overall_accuracy"],
         val_tta_kappa=report_tta["kappa"],
     )
     (Path(out) / f"{name}_summary.json").write_text(json.dumps(summary, indent=1))
