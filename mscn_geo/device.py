@@ -46,9 +46,6 @@ def autocast_dtype(device: torch.device, amp: bool | None = None) -> torch.dtype
     return torch.bfloat16
 
 
-resolve_amp = autocast_dtype
-
-
 def amp_name(dtype: torch.dtype | None) -> str:
     """``"bf16"``, ``"fp16"`` or ``"off"`` for reports."""
     return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "off")  # type: ignore[arg-type]

@@ -291,11 +291,6 @@ class SceneResult:
         }
 
 
-# The streaming loop lives in mscn_geo.pipeline; these names stay for callers and tests.
-_read_ahead = read_ahead
-_Normaliser = Normaliser
-
-
 def predict_tiles(
     info: SceneInfo,
     grid: TileGrid,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-import time
 from pathlib import Path
 
 import geopandas as gpd
@@ -15,8 +13,8 @@ from affine import Affine
 from shapely.geometry import box
 
 from mscn_geo.errors import OutputError
-from mscn_geo.predict import ClassifyOptions, _read_ahead, classify_scene
-from mscn_geo.tiling import Tile, TileGrid
+from mscn_geo.predict import ClassifyOptions, classify_scene
+from mscn_geo.tiling import TileGrid
 
 from .conftest import TINY_CLASSES
 
@@ -163,22 +161,3 @@ def test_existing_outputs_are_refused_and_overwrite_replaces(make_scene, tiny_mo
     assert sorted(p.name for p in out.iterdir()) == before  # nothing partial left
     run(scene, tiny_model, out, overwrite=True)
     assert sorted(p.name for p in out.iterdir()) == before
-
-
-def test_read_ahead_is_bounded() -> None:
-    started: list[int] = []
-    lock = threading.Lock()
-
-    class Reader:
-        def read(self, tile: Tile) -> Tile:
-            with lock:
-                started.append(tile.row)
-            return tile
-
-    tiles = [Tile(i, 0, None, False) for i in range(100)]  # type: ignore[arg-type]
-    stream = _read_ahead(Reader(), tiles, workers=2, depth=5)  # type: ignore[arg-type]
-    first = next(stream)
-    time.sleep(0.05)
-    assert first.row == 0
-    assert len(started) <= 6
-    assert [t.row for t in stream] == list(range(1, 100))
