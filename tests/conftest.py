@@ -112,3 +112,16 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(tiny_checkpoint: Path) -> LoadedModel:
     return load_checkpoint(tiny_checkpoint)
+
+
+def classify_and_read(scene: Path, model: LoadedModel, out: Path, **options: object):
+    """classify_scene on the CPU; returns (result, tiles frame, class raster, raster profile)."""
+    import geopandas as gpd
+
+    from mscn_geo.predict import ClassifyOptions, classify_scene
+
+    kwargs = {"device": "cpu", "batch_size": 8, **options}
+    result = classify_scene(scene, model, ClassifyOptions(out_dir=out, **kwargs))  # type: ignore[arg-type]
+    frame = gpd.read_file(result.outputs["gpkg"], layer="tiles")
+    with rasterio.open(result.outputs["raster"]) as ds:
+        return result, frame, ds.read(1), ds.profile

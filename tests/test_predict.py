@@ -13,22 +13,14 @@ from affine import Affine
 from shapely.geometry import box
 
 from mscn_geo.errors import OutputError
-from mscn_geo.predict import ClassifyOptions, classify_scene
 from mscn_geo.tiling import TileGrid
 
-from .conftest import TINY_CLASSES
+from .conftest import TINY_CLASSES, classify_and_read
 
 P_COLUMNS = [f"p_{name}" for name in TINY_CLASSES]
 
 
-def run(scene: Path, model, out: Path, **kwargs):
-    options = ClassifyOptions(out_dir=out, device="cpu", batch_size=8, **kwargs)
-    result = classify_scene(scene, model, options)
-    frame = gpd.read_file(result.outputs["gpkg"], layer="tiles")
-    with rasterio.open(result.outputs["raster"]) as ds:
-        raster = ds.read(1)
-        profile = ds.profile
-    return result, frame, raster, profile
+run = classify_and_read
 
 
 def check_tiles(frame: gpd.GeoDataFrame) -> None:

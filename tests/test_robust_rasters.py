@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
@@ -15,24 +14,18 @@ from rasterio.windows import Window
 
 from mscn_geo import scaling
 from mscn_geo.errors import InputError, OptionError
-from mscn_geo.predict import ClassifyOptions, classify_scene, plan_scene
+from mscn_geo.predict import ClassifyOptions, plan_scene
 from mscn_geo.reader import TileReader, open_scene
 from mscn_geo.tiling import Tile
 
-from .conftest import TINY_CLASSES
+from .conftest import TINY_CLASSES, classify_and_read
 
 RGB = ["red", "green", "blue"]
 P = [f"p_{c}" for c in TINY_CLASSES]
 
 
-def classify(scene: Path, model, out: Path, **kwargs):
-    options = ClassifyOptions(out_dir=out, device="cpu", batch_size=8, workers=0, **kwargs)
-    result = classify_scene(scene, model, options)
-    frame = gpd.read_file(result.outputs["gpkg"], layer="tiles")
-    with rasterio.open(result.outputs["raster"]) as ds:
-        raster = ds.read(1)
-        crs = ds.crs
-    return result, frame, raster, crs
+def classify(scene: Path, model, out: Path, **options):
+    return classify_and_read(scene, model, out, workers=0, **options)
 
 
 def write(path: Path, data: np.ndarray, **profile) -> Path:
@@ -259,7 +252,8 @@ def _corners(transform: Affine, col: float, row: float, w: float, h: float) -> s
 )
 def test_footprints_are_true_tile_corners(crs, transform, tiny_model, tmp_path: Path) -> None:
     path = write(tmp_path / "s.tif", pattern(100, 70), crs=crs, transform=transform)
-    _result, frame, _, out_crs = classify(path, tiny_model, tmp_path / "o")
+    _result, frame, _, profile = classify(path, tiny_model, tmp_path / "o")
+    out_crs = profile["crs"]
     assert frame.crs.to_string() == crs and out_crs.to_string() == crs
     assert len(frame) == 4
     for rec in frame.itertuples():
@@ -273,7 +267,8 @@ def test_no_crs_error_or_pixel_space(tiny_model, tmp_path: Path) -> None:
     path = write(tmp_path / "nocrs.tif", pattern(100, 64), crs=None, transform=Affine.identity())
     with pytest.raises(InputError, match="has no CRS"):
         plan_scene(path, tiny_model.meta, ClassifyOptions())
-    result, frame, raster, crs = classify(path, tiny_model, tmp_path / "o", allow_no_crs=True)
+    result, frame, raster, profile = classify(path, tiny_model, tmp_path / "o", allow_no_crs=True)
+    crs = profile["crs"]
     assert crs is None and frame.crs is None and raster.shape == (64, 100)
     assert result.crs == "none (pixel coordinates)"
     bounds = sorted(tuple(g.bounds) for g in frame.geometry)
