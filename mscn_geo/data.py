@@ -34,8 +34,9 @@ def read_image(path: Path, bands: int | None = None) -> np.ndarray:
     """Read an image as a (C, H, W) uint8 array.
 
     PIL formats give RGB (palette/greyscale converted). Rasters keep all their
-    bands, or the first ``bands``. Non-uint8 rasters are stretched to 0..255
-    per band between their 2nd and 98th percentiles.
+    bands, or the first ``bands``. Non-uint8 rasters get classify's default
+    stretch (:func:`mscn_geo.scaling.estimate_percentiles`): per band, 2nd to
+    98th percentile of the valid pixels -> 0..255.
     """
     if path.suffix.lower() in PIL_SUFFIXES:
         from PIL import Image
@@ -44,13 +45,13 @@ def read_image(path: Path, bands: int | None = None) -> np.ndarray:
             return np.asarray(im.convert("RGB")).transpose(2, 0, 1).copy()
     import rasterio
 
+    from mscn_geo.scaling import estimate_percentiles
+
     with rasterio.open(path) as src:
-        arr = src.read(list(range(1, (bands or src.count) + 1)))
-    if arr.dtype != np.uint8:
-        flat = arr.reshape(arr.shape[0], -1).astype(np.float64)
-        lo, hi = np.nanpercentile(flat, 2, axis=1), np.nanpercentile(flat, 98, axis=1)
-        scaled = (arr - lo[:, None, None]) / np.maximum(hi - lo, 1e-9)[:, None, None]
-        arr = np.clip(np.nan_to_num(scaled) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        bands_used = list(range(1, (bands or src.count) + 1))
+        arr = src.read(bands_used)
+        if arr.dtype != np.uint8:  # the same stretch classify applies to such scenes
+            arr = estimate_percentiles(src, bands_used, src.nodata).apply(arr)
     return arr
 
 
