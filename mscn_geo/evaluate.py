@@ -16,6 +16,13 @@ from mscn_geo.data import ChipDataset, scan_image_folder, stratified_split
 from mscn_geo.errors import DatasetError
 
 
+def eval_transform(mean: list[float], std: list[float]):
+    """uint8 (C, H, W) -> float (C, H, W): pixel/255, then normalised per band."""
+    from torchvision.transforms import v2
+
+    return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
+
+
 def _dihedral(x: Tensor) -> list[Tensor]:
     """The 8 flips/rotations of a batch (aerial scenes have no 'up')."""
     rots = [torch.rot90(x, k, dims=(-2, -1)) for k in range(4)]
@@ -155,7 +162,6 @@ def evaluate_folder(
     """
     from mscn_geo.device import autocast_dtype, resolve_device
     from mscn_geo.models import load_checkpoint
-    from mscn_geo.train import eval_transform
 
     loaded = load_checkpoint(model_path)
     meta = loaded.meta

@@ -29,7 +29,7 @@ from mscn_geo.augment import BatchAugment
 from mscn_geo.data import ChipDataset, load_image_folder, load_torchgeo_dataset, stratified_split
 from mscn_geo.device import autocast_dtype, resolve_device
 from mscn_geo.errors import CheckpointError, DatasetError, OptionError
-from mscn_geo.evaluate import evaluate_dataset
+from mscn_geo.evaluate import eval_transform, evaluate_dataset
 from mscn_geo.models import ModelMeta, create_model, read_checkpoint, save_checkpoint
 
 BAND_NAMES_RGB = ["red", "green", "blue"]
@@ -94,12 +94,6 @@ class EpochLog:
     val_oa: float
     val_oa_ema: float | None
     seconds: float
-
-
-def eval_transform(mean: list[float], std: list[float]):
-    from torchvision.transforms import v2
-
-    return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
 
 
 def _batch_mixer(cfg: TrainConfig, num_classes: int):
@@ -234,13 +228,7 @@ def train(
 
     device = resolve_device(cfg.device)
     amp_dtype = autocast_dtype(device, cfg.amp)
-    model = create_model(
-        cfg.arch,
-        num_classes=len(classes),
-        in_chans=bands,
-        drop_rate=cfg.drop_rate,
-        **cfg.arch_kwargs,
-    )
+    model = create_model(cfg.arch, num_classes=len(classes), in_chans=bands, **_arch_kwargs(cfg))
     if cfg.init_backbone and state is None:
         load_backbone_weights(model, Path(cfg.init_backbone))
     memory_format = torch.channels_last if cfg.channels_last and device.type == "cuda" else None
