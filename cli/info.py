@@ -76,7 +76,7 @@ def _checkpoint_summary(path: Path) -> dict[str, Any]:
     return {
         "kind": "checkpoint",
         "path": str(path),
-        "status": "trained" if meta.trained else "UNTRAINED placeholder",
+        "status": meta.status,
         "arch": payload["arch"],
         "arch_kwargs": payload.get("arch_kwargs", {}),
         "parameters": params,
@@ -112,7 +112,7 @@ def _scene_summary(path: Path, model: Path | None, options: Any) -> dict[str, An
     summary["skipped_area_px"] = (
         f"{'about ' if estimated else ''}{skipped * tile_area} px in {skipped} tile(s)"
     )
-    summary["model"] = f"{model_path} ({'trained' if meta.trained else 'UNTRAINED placeholder'})"
+    summary["model"] = f"{model_path} ({meta.status})"
     summary["model_bands"] = meta.bands
     summary["model_pixel_size_m"] = meta.pixel_size_m
     warnings = summary.pop("warnings")

@@ -49,6 +49,11 @@ class ModelMeta:
     metrics: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def status(self) -> str:
+        """``trained`` or ``UNTRAINED placeholder``, as every report shows it."""
+        return "trained" if self.trained else "UNTRAINED placeholder"
+
+    @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
@@ -81,9 +86,8 @@ class LoadedModel:
     @property
     def label(self) -> str:
         """One-line description used in reports; flags untrained weights."""
-        status = "trained" if self.meta.trained else "UNTRAINED placeholder"
         name = self.path.name if self.path else "<memory>"
-        return f"{name} ({self.arch}, {self.meta.num_classes} classes, {status})"
+        return f"{name} ({self.arch}, {self.meta.num_classes} classes, {self.meta.status})"
 
 
 def save_checkpoint(
