@@ -19,13 +19,14 @@ def classify(
     scenes: Annotated[
         list[str],
         typer.Argument(
+            metavar="SCENES",
             help="Scenes: files, glob patterns, folders (their .tif/.tiff/.vrt files), "
             "or - to read paths from stdin.",
             show_default=False,
         ),
     ],
     model: opt.ModelPath = None,
-    out: opt.OutDir = Path("."),
+    out_dir: opt.OutDir = Path("."),
     tile_size: opt.TileSize = None,
     stride: opt.Stride = None,
     bands: opt.Bands = None,
@@ -48,6 +49,7 @@ def classify(
         str | None,
         typer.Option(
             "--scheduler",
+            metavar="ADDRESS",
             help="Run the model on the Dask cluster of this scheduler (e.g. tcp://host:8786); "
             "scenes and model must be at the same paths on the workers.",
         ),
@@ -56,6 +58,7 @@ def classify(
         str | None,
         typer.Option(
             "--cluster",
+            metavar="local[:N]",
             help="local[:N]: run on N Dask worker processes here (default: one per GPU, "
             "else per CPU core).",
         ),
@@ -82,7 +85,7 @@ def classify(
         device=device,
         amp=amp,
         workers=workers,
-        out_dir=out,
+        out_dir=out_dir,
         overwrite=overwrite,
         scale=scale,
         allow_no_crs=allow_no_crs,

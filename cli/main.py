@@ -15,11 +15,11 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-import click
 import typer
+import typer.main
 from mscn_geo_cli import classify, evaluate, info, train  # noqa: F401  (register commands)
 from mscn_geo_cli.app import app
-from typer._click import exceptions as typer_click
+from mscn_geo_cli.errors import cli_message
 
 from mscn_geo.errors import MscnGeoError
 
@@ -41,21 +41,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MscnGeoError as exc:
         if debug:
             traceback.print_exc()
-        message = " ".join(str(exc).split())  # always one line
+        message = " ".join(cli_message(exc, _command(args)).split())  # always one line
         print(f"{PROG}: error: {message}", file=sys.stderr)
         return exc.exit_code
-    except (typer.Exit, click.exceptions.Exit) as exc:
+    except typer.Exit as exc:
         return exc.exit_code
-    # Typer >= 0.24 vendors click: its usage errors are not click's own classes.
-    except (typer_click.ClickException, click.ClickException) as exc:
-        exc.show()
-        return exc.exit_code
-    except (KeyboardInterrupt, typer.Abort, click.exceptions.Abort):
+    except (KeyboardInterrupt, typer.Abort):
         if debug:
             traceback.print_exc()
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
+        if _is_usage_error(exc):
+            exc.show()  # click's usage line, "Try ... --help" and the error
+            return exc.exit_code
         if debug:
             traceback.print_exc()
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
@@ -68,6 +67,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         sys.stdout.flush()
     return result if isinstance(result, int) else 0
+
+
+def _is_usage_error(exc: Exception) -> bool:
+    """A bad command line (unknown option, missing argument, bad value).
+
+    Typer has no public base class for these across the versions we allow (click's
+    ``ClickException`` up to 0.25, a vendored copy since): they are told apart by
+    what they all offer, ``show()`` and an integer ``exit_code``.
+    """
+    return callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int)
+
+
+def _command(args: list[str]):
+    """The click command ``args`` invokes (for its flag names), or the whole app."""
+    group = typer.main.get_command(app)
+    for arg in args:
+        if not arg.startswith("-"):
+            return getattr(group, "commands", {}).get(arg, group)
+    return group
 
 
 if __name__ == "__main__":

@@ -1,17 +1,91 @@
-"""Option definitions shared by the commands (``Annotated`` types for Typer)."""
+"""Options shared by the commands, declared once (like rasterio's ``rio`` option module).
+
+Options that set a field of a library dataclass (``ClassifyOptions``, the
+training config) are made by :func:`from_field`: their default and help come
+from the field, so ``--help`` and the library cannot drift apart. A command
+declares ``tile_size: int | None = opt.TILE_SIZE`` and builds the dataclass
+from its parameters with :func:`dataclass_from`; the parameter is named like
+the field. Options the library does not know (``--json``, ``--quiet``) are
+plain ``Annotated`` types below.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 import typer
+
+from mscn_geo.fields import default_of, help_of
+
+T = TypeVar("T")
+
+#: Metavars by Python type, as click names them (rasterio's help reads the same).
+_METAVARS = {int: "INTEGER", float: "FLOAT", str: "TEXT", Path: "PATH"}
+
+
+def from_field(
+    owner: type,
+    name: str,
+    *flags: str,
+    metavar: str | None = None,
+    given_only: bool = False,
+    **kwargs: Any,
+) -> Any:
+    """A Typer option (used as a parameter's default) for field ``name`` of ``owner``.
+
+    Args:
+        flags: option names; default ``--name-with-dashes``. A boolean field that
+            defaults to ``True`` needs ``"--x/--no-x"``.
+        metavar: the value's name in ``--help``; default from the field's type
+            (``INTEGER``, ``FLOAT``, ``TEXT``, ``PATH``). Flags show none.
+        given_only: the option's value is ``None`` unless given on the command
+            line (to merge it with a config file); ``--help`` still shows the
+            field's default.
+        kwargs: passed to :func:`typer.Option` (``min``, ``file_okay``, ...).
+    """
+    default = default_of(owner, name)
+    flags = flags or (f"--{name.replace('_', '-')}",)
+    kind = _value_type(owner, name)
+    if metavar is None and kind is not bool:
+        metavar = _METAVARS.get(kind, "VALUE")
+    text = help_of(owner, name)
+    if given_only:
+        if default is not None:
+            text = f"{text}  [default: {default}]"
+        default, kwargs["show_default"] = None, False
+    return typer.Option(default, *flags, help=text, metavar=metavar, **kwargs)
+
+
+def dataclass_from(owner: type[T], params: Mapping[str, Any], **extra: Any) -> T:
+    """``owner(**fields)`` from a command's parameters (``ctx.params``) named like its fields.
+
+    Parameters that are no field of ``owner`` are ignored; ``extra`` overrides.
+    """
+    names = {f.name for f in dataclasses.fields(owner)}  # type: ignore[arg-type]
+    values = {k: v for k, v in params.items() if k in names}
+    return owner(**{**values, **extra})
+
+
+def _value_type(owner: type, name: str) -> Any:
+    """The field's type without ``None`` (``int | None`` -> ``int``); a union stays."""
+    hint = typing.get_type_hints(owner)[name]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return args[0] if len(args) == 1 else hint
+    return hint
+
 
 ModelPath = Annotated[
     Path | None,
     typer.Option(
         "--model",
         "-m",
+        metavar="PATH",
         help="Model checkpoint (.pt). Default: the bundled model.",
         dir_okay=False,
         show_default=False,
@@ -20,19 +94,27 @@ ModelPath = Annotated[
 OutDir = Annotated[
     Path,
     typer.Option(
-        "--out", "-o", help="Folder for the outputs (created if missing).", file_okay=False
+        "--out",
+        "-o",
+        help="Folder for the outputs (created if missing).",
+        file_okay=False,
+        metavar="DIR",
     ),
 ]
 TileSize = Annotated[
     int | None,
     typer.Option(
-        "--tile-size", help="Tile edge in pixels. Default: the model's tile size.", min=32
+        "--tile-size",
+        help="Tile edge in pixels. Default: the model's tile size.",
+        min=32,
+        metavar="PIXELS",
     ),
 ]
 Stride = Annotated[
     int | None,
     typer.Option(
         "--stride",
+        metavar="PIXELS",
         help="Step between tiles in pixels, at most the tile size. Default: the tile size.",
         min=1,
     ),
@@ -41,13 +123,17 @@ Bands = Annotated[
     str | None,
     typer.Option(
         "--bands",
+        metavar="LIST",
         help="1-based scene bands in the model's band order, e.g. 1,2,3. "
         "Default: the first bands, or red/green/blue by colour interpretation.",
     ),
 ]
-BatchSize = Annotated[int, typer.Option("--batch-size", help="Tiles per forward pass.", min=1)]
+BatchSize = Annotated[
+    int, typer.Option("--batch-size", help="Tiles per forward pass.", min=1, metavar="INTEGER")
+]
 Device = Annotated[
-    str, typer.Option("--device", help="auto (CUDA if available), cpu, cuda or cuda:N.")
+    str,
+    typer.Option("--device", help="auto (CUDA if available), cpu, cuda or cuda:N.", metavar="NAME"),
 ]
 Amp = Annotated[
     bool | None,
@@ -58,7 +144,10 @@ Amp = Annotated[
     ),
 ]
 Workers = Annotated[
-    int, typer.Option("--workers", help="Threads reading tiles (0: no threads).", min=0)
+    int,
+    typer.Option(
+        "--workers", help="Threads reading tiles (0: no threads).", min=0, metavar="INTEGER"
+    ),
 ]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")]
 Json = Annotated[
@@ -72,6 +161,7 @@ Scale = Annotated[
     str | None,
     typer.Option(
         "--scale",
+        metavar="MIN,MAX",
         help="MIN,MAX: map scene values linearly to 0..255 (e.g. 0,4095 for 12-bit data). "
         "Default: 8-bit data as is; other data types a per-band 2-98 percentile stretch.",
         show_default=False,

@@ -8,9 +8,18 @@ from __future__ import annotations
 
 
 class MscnGeoError(Exception):
-    """Base class of every error a user can cause (bad input, bad options)."""
+    """Base class of every error a user can cause (bad input, bad options).
+
+    The message names options by their Python field names (``batch_size``,
+    ``overwrite=True``) and ``fields`` lists the ones it names, so that the
+    command line can print its own flags instead (``--batch-size``, ``--overwrite``).
+    """
 
     exit_code: int = 2
+
+    def __init__(self, message: str = "", *, field: str | tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.fields: tuple[str, ...] = (field,) if isinstance(field, str) else tuple(field)
 
 
 class InputError(MscnGeoError):

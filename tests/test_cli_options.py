@@ -1,0 +1,141 @@
+"""One source for options: help and defaults from the library's fields; flags in CLI errors."""
+
+from __future__ import annotations
+
+import ast
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import pytest
+import typer
+import typer.main
+from mscn_geo_cli import options as opt
+from mscn_geo_cli.app import App
+from mscn_geo_cli.errors import cli_message
+from mscn_geo_cli.main import main
+from typer.testing import CliRunner
+
+from mscn_geo.errors import OptionError
+from mscn_geo.fields import option
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Toy:
+    batch_size: int = option(16, help="Tiles per forward pass.")
+    pad: bool = option(True, help="Pad a scene smaller than one tile.")
+    out_dir: Path = option(default_factory=lambda: Path("."), help="Output folder.")
+    epochs: int = option(300, help="Epochs.")
+    device: str = option("auto", help="Device.")
+    scale: str | None = option(None, help="MIN,MAX.")
+    bands: str | None = option(None, help="Bands.")
+    overwrite: bool = option(False, help="Replace.")
+
+
+BATCH = opt.from_field(Toy, "batch_size", min=1)
+PAD = opt.from_field(Toy, "pad", "--pad/--no-pad")
+OUT = opt.from_field(Toy, "out_dir", "--out", "-o")
+EPOCHS = opt.from_field(Toy, "epochs", given_only=True)
+DEVICE, SCALE, BANDS, OVERWRITE = (
+    opt.from_field(Toy, name) for name in ("device", "scale", "bands", "overwrite")
+)
+
+
+def _toy_app() -> tuple[App, list]:
+    app = App(add_completion=False, rich_markup_mode=None)
+    built = []
+
+    @app.command()
+    def one(
+        ctx: typer.Context,
+        scenes: Annotated[list[str], typer.Argument(help="Scenes.", show_default=False)],
+        batch_size: int = BATCH,
+        pad: bool = PAD,
+        out_dir: Path = OUT,
+        epochs: int | None = EPOCHS,
+        device: str = DEVICE,
+        scale: str | None = SCALE,
+        bands: str | None = BANDS,
+        overwrite: bool = OVERWRITE,
+    ) -> None:
+        given = {k: v for k, v in ctx.params.items() if k != "epochs"}
+        built.append((opt.dataclass_from(Toy, given), epochs))
+
+    @app.command()
+    def two(ctx: typer.Context, batch_size: int = BATCH) -> None:  # the same option object
+        built.append(opt.dataclass_from(Toy, ctx.params))
+
+    return app, built
+
+
+def test_option_defaults_and_help_come_from_the_field() -> None:
+    app, built = _toy_app()
+    runner = CliRunner()
+    result = runner.invoke(app, ["one", "a.tif", "--no-pad", "-o", "x"])
+    assert result.exit_code == 0, result.output
+    toy, epochs = built[-1]
+    assert toy == Toy(batch_size=16, pad=False, out_dir=Path("x"))
+    assert epochs is None  # given_only: None unless given
+    assert runner.invoke(app, ["two", "--batch-size", "3"]).exit_code == 0
+    assert built[-1] == Toy(batch_size=3)
+    assert runner.invoke(app, ["two", "--batch-size", "0"]).exit_code == 2  # min=1 kept
+
+    help_text = runner.invoke(app, ["one", "--help"], terminal_width=100).output
+    assert "Tiles per forward pass.  [default: 16; x>=1]" in help_text
+    assert "--batch-size INTEGER" in help_text and "-o, --out PATH" in help_text
+    assert re.search(r"--epochs INTEGER +Epochs\.  \[default: 300\]", help_text)
+    assert "--pad / --no-pad" in help_text
+
+
+def test_classify_help_reads_like_rasterio(capsys) -> None:
+    assert main(["classify", "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "Usage: mscn-geo classify [OPTIONS] SCENES..." in text
+    assert "{" not in text.splitlines()[0]
+    assert "<bool>" not in text and "<str>" not in text and "<int" not in text
+    assert "  --overwrite " in text and "--amp / --no-amp" in text
+    assert "  SCENES...  " in text  # the argument, listed by its usage name
+
+
+def test_info_usage_names_its_argument(capsys) -> None:
+    assert main(["info", "--help"]) == 0
+    assert "Usage: mscn-geo info [OPTIONS] PATH\n" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("message", "fields", "expected"),
+    [
+        ("batch_size must be at least 1, got 0", "batch_size", "--batch-size must be at least 1"),
+        ("a.gpkg exists; pass overwrite=True", "overwrite", "a.gpkg exists; pass --overwrite"),
+        ("tile larger than the scene with pad=False", "pad", "with --no-pad"),
+        ("device='cuda': no GPU (use device='cpu')", "device", "--device cuda: no GPU (use --devi"),
+        ("scale=0,4095 needs MIN < MAX", "scale", "--scale 0,4095 needs MIN < MAX"),
+        # a field's name inside a path or another name is left alone
+        ("/data/bands/a.tif: bands 9 is out of range", "bands", "/data/bands/a.tif: --bands 9 is"),
+        ("out_dir x is a file", ("out_dir",), "--out x is a file"),
+    ],
+)  # fmt: skip
+def test_error_fields_become_flags(message, fields, expected) -> None:
+    command = typer.main.get_command(_toy_app()[0]).commands["one"]
+    text = cli_message(OptionError(message, field=fields), command)
+    assert expected in text, text
+
+
+def test_error_without_fields_is_unchanged() -> None:
+    assert cli_message(OptionError("bands of the scene")) == "bands of the scene"
+
+
+def test_cli_imports_no_private_names() -> None:
+    """Public API only: no ``typer._click`` (typer>=0.12 is allowed) and no ``_name`` imports."""
+    for path in (ROOT / "cli").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module not in (None, "__future__"):
+                assert not any(p.startswith("_") for p in node.module.split(".")), path
+                assert not any(a.name.startswith("_") for a in node.names), path
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    assert not any(p.startswith("_") for p in alias.name.split(".")), path
