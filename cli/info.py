@@ -15,7 +15,9 @@ CHECKPOINT_SUFFIXES = (".pt", ".pth")
 
 @app.command()
 def info(
-    path: Annotated[Path, typer.Argument(metavar="PATH", help="A checkpoint (.pt) or a GeoTIFF scene.")],
+    path: Annotated[
+        Path, typer.Argument(metavar="PATH", help="A checkpoint (.pt) or a GeoTIFF scene.")
+    ],
     model: opt.ModelPath = None,
     tile_size: opt.TileSize = None,
     stride: opt.Stride = None,
