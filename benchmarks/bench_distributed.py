@@ -50,8 +50,10 @@ def per_tile_costs(
     ``write_s`` is the marginal cost (slope between ``small`` and ``scene``),
     ``write_fixed_s`` the per-scene cost (planning, creating the files).
     """
+    from mscn_geo.classify import classify_scene
     from mscn_geo.pipeline import Normaliser, prepare_model
-    from mscn_geo.predict import classify_scene, plan_scene, predict_tiles
+    from mscn_geo.plan import plan_scene
+    from mscn_geo.predict import predict_tiles
     from mscn_geo.reader import TileReader
 
     plan = plan_scene(scene, model.meta, options)
@@ -169,8 +171,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
 
+    from mscn_geo.classify import classify_scene
     from mscn_geo.models import load_checkpoint
-    from mscn_geo.predict import ClassifyOptions, classify_scene
+    from mscn_geo.options import ClassifyOptions
 
     torch.set_num_threads(1)
     result: dict[str, Any] = {"machine": machine(torch.device("cpu"))}

@@ -53,8 +53,10 @@ def model_only(runner: Any, batch_size: int, tiles: int, tile_size: int) -> dict
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from mscn_geo.device import amp_name, autocast_dtype, resolve_device
+    from mscn_geo.options import ClassifyOptions
     from mscn_geo.pipeline import prepare_model
-    from mscn_geo.predict import ClassifyOptions, plan_scene, predict_tiles
+    from mscn_geo.plan import plan_scene
+    from mscn_geo.predict import predict_tiles
 
     device = resolve_device(args.device)
     result: dict[str, Any] = {"benchmark": "pipeline", "machine": machine(device)}
@@ -105,7 +107,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         try:
             import geopandas  # noqa: F401
 
-            from mscn_geo.predict import classify_scene
+            from mscn_geo.classify import classify_scene
 
             options.out_dir = Path(tmp) / "out"
             summary, full_s = timed(classify_scene, scene, model, options)

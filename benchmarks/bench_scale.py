@@ -37,7 +37,8 @@ from _common import write_scene as make_scene
 
 def child(args: argparse.Namespace) -> None:
     """Classify ``args.scene`` and print one JSON line (runs in its own process)."""
-    from mscn_geo.predict import ClassifyOptions, classify_scene
+    from mscn_geo.classify import classify_scene
+    from mscn_geo.options import ClassifyOptions
 
     model = random_model() if args.model == "resnet18" else cheap_model()
     options = ClassifyOptions(

@@ -83,7 +83,8 @@ def _cpu_seconds() -> float:
 
 
 def ours_loop(scene: Path, model: Any, options: Any) -> dict[str, Any]:
-    from mscn_geo.predict import plan_scene, predict_tiles
+    from mscn_geo.plan import plan_scene
+    from mscn_geo.predict import predict_tiles
 
     start = time.perf_counter()
     plan = plan_scene(scene, model.meta, options)
@@ -97,8 +98,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import torchgeo
 
     from mscn_geo.device import amp_name, autocast_dtype, resolve_device
+    from mscn_geo.options import ClassifyOptions
     from mscn_geo.pipeline import prepare_model
-    from mscn_geo.predict import ClassifyOptions
 
     device = resolve_device(args.device)
     model = random_model(tile_size=args.tile_size)

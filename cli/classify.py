@@ -75,7 +75,7 @@ def classify(
     from mscn_geo.batch import classify_scenes, expand_scenes, raise_on_signals
     from mscn_geo.errors import MscnGeoError
     from mscn_geo.models import load_checkpoint
-    from mscn_geo.predict import ClassifyOptions
+    from mscn_geo.options import ClassifyOptions
 
     options = ClassifyOptions(
         tile_size=tile_size,

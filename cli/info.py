@@ -34,7 +34,7 @@ def info(
     For a scene, the options are those classify would get; nothing is classified
     and pixels are only sampled (overviews or masks), never read whole.
     """
-    from mscn_geo.predict import ClassifyOptions
+    from mscn_geo.options import ClassifyOptions
 
     options = ClassifyOptions(
         tile_size=tile_size,
@@ -99,7 +99,7 @@ def _checkpoint_summary(path: Path) -> dict[str, Any]:
 
 def _scene_summary(path: Path, model: Path | None, options: Any) -> dict[str, Any]:
     from mscn_geo.models.checkpoint import BUNDLED_MODEL, meta_from_dict, read_checkpoint
-    from mscn_geo.predict import estimate_nodata_tiles, plan_scene
+    from mscn_geo.plan import estimate_nodata_tiles, plan_scene
 
     model_path = model or BUNDLED_MODEL
     meta = meta_from_dict(read_checkpoint(model_path).get("meta", {}))

@@ -1,7 +1,7 @@
 """mscn-geo: land-use maps from GeoTIFF scenes with an MSCN scene classifier.
 
 Importing the package is cheap and needs neither rasterio nor GDAL: the
-heavy modules (``mscn_geo.predict``, ``mscn_geo.io``) are imported on use.
+heavy modules (``mscn_geo.classify``, ``mscn_geo.io``) are imported on use.
 """
 
 from mscn_geo.errors import (

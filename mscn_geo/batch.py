@@ -19,12 +19,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from mscn_geo import predict
+from mscn_geo import classify as _classify
 from mscn_geo.errors import InputError, Interrupted, MscnGeoError
 from mscn_geo.models.checkpoint import LoadedModel
-from mscn_geo.predict import ClassifyOptions, ProgressCallback, SceneResult, check_scene_list
+from mscn_geo.options import ClassifyOptions
+from mscn_geo.outputs import SceneResult
+from mscn_geo.plan import check_scene_list
+from mscn_geo.predict import ProgressCallback
 
-__all__ = ["SCENE_SUFFIXES", "SceneOutcome", "classify_scenes", "expand_scenes", "raise_on_signals"]
+__all__ = [
+    "SCENE_SUFFIXES",
+    "SceneOutcome",
+    "classify_scenes",
+    "expand_scenes",
+    "outputs_exist",
+    "raise_on_signals",
+]
 
 #: File types picked from a folder given as a scene argument.
 SCENE_SUFFIXES = (".tif", ".tiff", ".vrt")
@@ -84,7 +94,9 @@ class SceneOutcome:
         return out
 
 
-def _outputs_exist(scene: Path, options: ClassifyOptions) -> dict[str, Path] | None:
+def outputs_exist(scene: Path, options: ClassifyOptions) -> dict[str, Path] | None:
+    """``{'gpkg': ..., 'raster': ...}`` when both outputs of ``scene`` exist and no
+    resume journal says their run was interrupted; else ``None``."""
     from mscn_geo.io import output_paths
     from mscn_geo.resume import journal_dir
 
@@ -113,15 +125,15 @@ def classify_scenes(
     ``options.resume`` unless its resume journal is still there (it was
     interrupted). Without ``keep_going`` the first error is raised after its
     outcome is yielded; :class:`~mscn_geo.errors.Interrupted` always stops.
-    ``classify_one`` replaces :func:`~mscn_geo.predict.classify_scene` (same
+    ``classify_one`` replaces :func:`~mscn_geo.classify.classify_scene` (same
     signature; :mod:`mscn_geo.distributed` gathers a scene's results from a cluster).
     """
-    classify = classify_one or predict.classify_scene
+    classify = classify_one or _classify.classify_scene
     options.check()
     check_scene_list(scenes, Path(options.out_dir))
     for scene in scenes:
         if skip_existing or options.resume:
-            existing = _outputs_exist(scene, options)
+            existing = outputs_exist(scene, options)
             if existing is not None:
                 yield SceneOutcome(scene, "skipped", outputs=existing)
                 continue

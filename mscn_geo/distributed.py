@@ -4,20 +4,20 @@
 ``--cluster local[:N]`` (N worker processes on this machine) run the model on
 Dask (``pip install 'mscn-geo[dask]'``) instead of in this process:
 
-* The client opens and checks every scene (:func:`~mscn_geo.predict.plan_scene`:
+* The client opens and checks every scene (:func:`~mscn_geo.plan.plan_scene`:
   header, bands, scaling, tile grid) and submits one task per block of tile rows
   (:func:`block_rows`: 64-256 tiles a task, so a small scene is one task and a
   huge one is many). Tasks of earlier scenes get a higher priority.
 * A task (:func:`predict_block`) reads its tiles from the scene path itself (the
   scene must be at the same path on every worker: a shared filesystem), runs
-  :func:`~mscn_geo.predict.predict_tile_rows` with the model loaded once per
+  :func:`~mscn_geo.predict.predict_tiles` on those rows with the model loaded once per
   worker process (:func:`worker_model`, keyed by checkpoint path and SHA-256),
   and returns only per-tile results (class ids, probabilities, nodata fractions:
   a few bytes a tile). Tasks have no side effects, so running one twice (a
   worker died, ``retries``) gives the same result.
 * The client gathers a scene's blocks, checks that every (row, col) tile came
   back exactly once (:func:`merge_blocks`), and writes ``<scene>.gpkg`` and
-  ``<scene>_classes.tif`` with :func:`~mscn_geo.predict.classify_scene`'s own
+  ``<scene>_classes.tif`` with :func:`~mscn_geo.classify.classify_scene`'s own
   writing code (atomically), one scene after the other in argument order while
   the workers go on with the next scenes. Outputs are the same as a local run's.
 
@@ -43,20 +43,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from mscn_geo.classify import classify_scene
 from mscn_geo.errors import CheckpointError, MscnGeoError, OptionError
 from mscn_geo.models.checkpoint import LoadedModel
-from mscn_geo.predict import (
-    NODATA_CLASS,
-    ClassifyOptions,
-    ProgressCallback,
-    ScenePlan,
-    SceneResult,
-    TileResult,
-    check_scene_list,
-    classify_scene,
-    plan_scene,
-    predict_tile_rows,
-)
+from mscn_geo.options import ClassifyOptions
+from mscn_geo.outputs import SceneResult
+from mscn_geo.plan import ScenePlan, check_scene_list, plan_scene
+from mscn_geo.predict import ProgressCallback, TileResult, predict_tiles
 from mscn_geo.reader import SceneInfo
 from mscn_geo.tiling import TileGrid
 
@@ -183,7 +176,8 @@ def predict_block(
     model = worker_model(ref)
     if delay_s:
         time.sleep(delay_s)
-    part, device, amp = predict_tile_rows(info, grid, range(row0, row1), model, options)
+    cols = grid.shape[1]
+    part, device, amp = predict_tiles(info, grid, model, options, span=(row0 * cols, row1 * cols))
     return BlockResult(
         rows=np.array([t.row for t in part.tiles], dtype=np.int32),
         cols=np.array([t.col for t in part.tiles], dtype=np.int32),
@@ -217,25 +211,22 @@ def merge_blocks(grid: TileGrid, blocks: list[BlockResult], num_classes: int) ->
         ClusterError: a tile is missing or came back more than once (never
             expected: checked so that a wrong merge can never be written).
     """
-    tiles = grid.tiles()
-    n, cols = len(tiles), grid.shape[1]
-    class_ids = np.full(n, NODATA_CLASS, dtype=np.uint8)
-    probs = np.full((n, num_classes), np.nan, dtype=np.float32)
-    nodata_fraction = np.ones(n, dtype=np.float32)
+    result = TileResult.empty(grid.tiles(), num_classes)
+    n, cols = len(grid), grid.shape[1]
     seen = np.zeros(n, dtype=np.int64)
     for block in blocks:
         index = block.rows.astype(np.int64) * cols + block.cols
         np.add.at(seen, index, 1)
-        class_ids[index] = block.class_ids
-        probs[index] = block.probs
-        nodata_fraction[index] = block.nodata_fraction
+        result.class_ids[index] = block.class_ids
+        result.probs[index] = block.probs
+        result.nodata_fraction[index] = block.nodata_fraction
     if (seen != 1).any():
         lost, twice = int((seen == 0).sum()), int((seen > 1).sum())
         raise ClusterError(
             f"internal error: {lost} tile(s) missing and {twice} duplicated in the merged "
             "results; nothing was written"
         )
-    return TileResult(tiles, class_ids, probs, nodata_fraction)
+    return result
 
 
 def parse_cluster(text: str) -> int | None:
@@ -372,7 +363,7 @@ class _Job:
 
     def plan(self, scenes: list[Path]) -> None:
         from mscn_geo.io import output_paths
-        from mscn_geo.io.atomic import _check_destination
+        from mscn_geo.io.atomic import check_destination
 
         for scene in scenes:
             work = self.work[scene] = _SceneWork()
@@ -381,7 +372,7 @@ class _Job:
                 # Refused now rather than after the cluster did the work.
                 finals = output_paths(scene, Path(self.options.out_dir))
                 if Path(self.options.out_dir).is_dir():
-                    _check_destination(list(finals.values()), self.options.overwrite)
+                    check_destination(list(finals.values()), self.options.overwrite)
             except MscnGeoError as exc:
                 work.error, work.plan = exc, None
             else:
@@ -395,7 +386,7 @@ class _Job:
             plan = work.plan
             assert plan is not None
             for row0, row1 in block_rows(plan.grid, per_task):
-                n = sum(1 for t in plan.grid.tiles() if row0 <= t.row < row1)
+                n = (row1 - row0) * plan.grid.shape[1]
                 future = self.client.submit(
                     predict_block,
                     self.ref,
@@ -503,7 +494,7 @@ def classify_scenes_on_cluster(
         OptionError: ``--resume`` (not supported on a cluster), bad options.
         ClusterError: the scheduler cannot be reached; a task kept killing workers.
     """
-    from mscn_geo.batch import _outputs_exist, classify_scenes
+    from mscn_geo.batch import classify_scenes, outputs_exist
 
     options.check()
     if options.resume:
@@ -524,7 +515,7 @@ def classify_scenes_on_cluster(
             delay_s=task_delay_s,
         )
         skip = skip_existing or options.resume
-        todo = [s for s in scenes if not (skip and _outputs_exist(s, options) is not None)]
+        todo = [s for s in scenes if not (skip and outputs_exist(s, options) is not None)]
         job.plan(todo)
         if progress_for is not None:
             label = Path(f"{len(todo)} scene{'s' if len(todo) != 1 else ''}")

@@ -172,10 +172,20 @@ def prepare_model(
 
 @dataclass
 class BatchResult:
-    """Class probabilities of one batch, in the order its tiles were given."""
+    """Class probabilities of one batch, in the order its tiles were given.
+
+    Attributes:
+        tiles: the batch's n tiles.
+        probs: (n, classes) float32 softmax probabilities.
+        valid: n (T, T) bool validity masks as read (False for nodata and padding;
+            T is the tile size the model saw).
+        nodata_fraction: (n,) float32, nodata share of each tile's in-scene pixels.
+    """
 
     tiles: list[Tile]
-    probs: np.ndarray  # (n, classes) float32
+    probs: np.ndarray
+    valid: list[np.ndarray]
+    nodata_fraction: np.ndarray
 
 
 def classify_stream(
@@ -193,7 +203,7 @@ def classify_stream(
     never waits for the host to store results.
     """
     on_cuda = runner.device.type == "cuda"
-    waiting: deque[tuple[list[Tile], torch.Tensor, torch.cuda.Event | None]] = deque()
+    waiting: deque[tuple[list[TilePixels], torch.Tensor, torch.cuda.Event | None]] = deque()
 
     def submit(batch: list[TilePixels]) -> None:
         assert batch[0].pixels is not None
@@ -208,15 +218,20 @@ def classify_stream(
             host.copy_(p, non_blocking=True)
             done = torch.cuda.Event()
             done.record()
-            waiting.append(([b.tile for b in batch], host, done))
+            waiting.append((batch, host, done))
         else:
-            waiting.append(([b.tile for b in batch], p, None))
+            waiting.append((batch, p, None))
 
     def collect() -> BatchResult:
-        tiles, host, done = waiting.popleft()
+        items, host, done = waiting.popleft()
         if done is not None:
             done.synchronize()
-        return BatchResult(tiles, host.numpy())
+        return BatchResult(
+            [b.tile for b in items],
+            host.numpy(),
+            [b.valid for b in items],  # type: ignore[misc]
+            np.array([b.nodata_fraction for b in items], dtype=np.float32),
+        )
 
     batch: list[TilePixels] = []
     for item in items:

@@ -30,14 +30,31 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from mscn_geo.device import amp_name, autocast_dtype, resolve_device
 from mscn_geo.errors import OptionError, OutputError
+from mscn_geo.models.checkpoint import LoadedModel
+from mscn_geo.options import ClassifyOptions
+from mscn_geo.plan import ScenePlan
+from mscn_geo.predict import ProgressCallback, TileResult, predict_tiles
+from mscn_geo.reader import SceneInfo
+from mscn_geo.tiling import TileGrid
 
-__all__ = ["JOURNAL_SUFFIX", "Journal", "journal_dir", "model_digest", "scene_fingerprint"]
+__all__ = [
+    "JOURNAL_SUFFIX",
+    "Journal",
+    "journal_dir",
+    "model_digest",
+    "predict_resumable",
+    "run_fingerprint",
+    "scene_fingerprint",
+]
 
 JOURNAL_SUFFIX = ".mscn-resume"
 FINGERPRINT = "fingerprint.json"
 _FORMAT = 1
+RESUME_CHUNK_BATCHES = 4  # batches per resume-journal chunk
 
 
 def journal_dir(scene: Path, out_dir: Path) -> Path:
@@ -176,3 +193,79 @@ class Journal:
 
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def run_fingerprint(
+    scene: Path, plan: ScenePlan, model: LoadedModel, options: ClassifyOptions
+) -> dict[str, Any]:
+    """What must be the same for a journal to be continued: scene, model, options."""
+    info, grid = plan.info, plan.grid
+    device = resolve_device(options.device)
+    return {
+        **scene_fingerprint(scene),
+        "model_sha256": model_digest(model.path, None if model.path else model.model.state_dict()),
+        "options": {
+            "bands": info.band_indexes,
+            "tile": grid.tile,
+            "stride": grid.stride,
+            "tiles": len(grid),
+            "read_tile": info.read_tile,
+            "scaling": info.scaling.to_dict() if info.scaling else None,
+            "allow_no_crs": options.allow_no_crs,
+            "batch_size": options.batch_size,
+            "device": device.type,
+            "amp": amp_name(autocast_dtype(device, options.amp)),
+            "chunk_tiles": _chunk_tiles(options),
+        },
+    }
+
+
+def _chunk_tiles(options: ClassifyOptions) -> int:
+    # A whole number of batches, so a chunk's batches are the same whether or
+    # not the run was interrupted before it.
+    return options.batch_size * RESUME_CHUNK_BATCHES
+
+
+def predict_resumable(
+    info: SceneInfo,
+    grid: TileGrid,
+    model: LoadedModel,
+    options: ClassifyOptions,
+    progress: ProgressCallback | None,
+    journal: Journal,
+) -> tuple[TileResult, torch.device, torch.dtype | None]:
+    """:func:`~mscn_geo.predict.predict_tiles` that takes finished chunks from ``journal``
+    and stores each chunk it computes there."""
+    tiles = grid.tiles()
+    n = len(tiles)
+    result = TileResult.empty(tiles, model.meta.num_classes)
+    size = _chunk_tiles(options)
+    done_chunks: set[int] = set()
+    for c, chunk in journal.chunks():
+        result.class_ids[chunk.index] = chunk.class_ids
+        result.probs[chunk.index] = chunk.probs
+        result.nodata_fraction[chunk.index] = chunk.nodata_fraction
+        done_chunks.add(c)
+    done = sum(min(size, n - c * size) for c in done_chunks if c * size < n)
+    if progress is not None:
+        progress(done, n)
+    device = resolve_device(options.device)
+    amp = autocast_dtype(device, options.amp)
+    for c in range(-(-n // size)):
+        if c in done_chunks:
+            continue
+        lo, hi = c * size, min(n, (c + 1) * size)
+        offset = done
+
+        def chunk_progress(d: int, _total: int, offset: int = offset) -> None:
+            if progress is not None:
+                progress(offset + d, n)
+
+        part, device, amp = predict_tiles(info, grid, model, options, chunk_progress, span=(lo, hi))
+        index = np.arange(lo, hi, dtype=np.int64)
+        result.class_ids[index] = part.class_ids
+        result.probs[index] = part.probs
+        result.nodata_fraction[index] = part.nodata_fraction
+        journal.save(c, ChunkResult(index, part.class_ids, part.probs, part.nodata_fraction))
+        done += hi - lo
+    return result, device, amp

@@ -19,6 +19,7 @@ Rules (documented in the README, "Tiling, edges and nodata"):
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -98,16 +99,40 @@ class TileGrid:
         rows, cols = self.shape
         return rows * cols
 
+    @property
+    def padded(self) -> bool:
+        """The scene is smaller than one tile in a dimension: every tile is padded."""
+        return self.width < self.tile or self.height < self.tile
+
     def tiles(self) -> list[Tile]:
         """Every tile, in grid order (row by row)."""
+        return list(self.iter_tiles())
+
+    def iter_tiles(self, start: int = 0, stop: int | None = None) -> Iterator[Tile]:
+        """Tiles ``start..stop-1`` in grid order (flat index ``row * cols + col``).
+
+        Computed one by one from the offsets' arithmetic, without building the
+        list of every tile: a block of a huge scene costs only its own tiles.
+        """
+        rows, cols = self.shape
+        stop = rows * cols if stop is None else min(stop, rows * cols)
         w = min(self.tile, self.width)
         h = min(self.tile, self.height)
-        padded = w < self.tile or h < self.tile
-        return [
-            Tile(r, c, Window(x, y, w, h), padded)
-            for r, y in enumerate(self.row_offsets)
-            for c, x in enumerate(self.col_offsets)
-        ]
+        padded = self.padded
+        xs = self.col_offsets
+        for index in range(max(start, 0), stop):
+            r, c = divmod(index, cols)
+            y = min(r * self.stride, self.height - h)
+            yield Tile(r, c, Window(xs[c], y, w, h), padded)
+
+    def row_tiles(self, row0: int, row1: int) -> Iterator[Tile]:
+        """The tiles of grid rows ``row0..row1-1`` in grid order (see :meth:`iter_tiles`)."""
+        cols = self.shape[1]
+        return self.iter_tiles(row0 * cols, row1 * cols)
+
+    def index(self, tile: Tile) -> int:
+        """``tile``'s flat position in grid order (``row * cols + col``)."""
+        return tile.row * self.shape[1] + tile.col
 
     def col_owner(self) -> np.ndarray:
         """(width,) int: the tile column that owns each pixel column."""

@@ -118,7 +118,8 @@ def classify_and_read(scene: Path, model: LoadedModel, out: Path, **options: obj
     """classify_scene on the CPU; returns (result, tiles frame, class raster, raster profile)."""
     import geopandas as gpd
 
-    from mscn_geo.predict import ClassifyOptions, classify_scene
+    from mscn_geo.classify import classify_scene
+    from mscn_geo.options import ClassifyOptions
 
     kwargs = {"device": "cpu", "batch_size": 8, **options}
     result = classify_scene(scene, model, ClassifyOptions(out_dir=out, **kwargs))  # type: ignore[arg-type]

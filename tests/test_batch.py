@@ -72,7 +72,7 @@ def test_outputs_are_deterministic(make_scene, tiny_checkpoint, tmp_path, capsys
 
 
 def test_info_says_what_classify_would_do(monkeypatch, make_scene, tiny_checkpoint, capsys) -> None:
-    import mscn_geo.predict as predict
+    import mscn_geo.plan as plan_module
 
     scene = make_scene(300, 200, nodata_cols=140, dtype="uint16")
     code, stdout, err = cli(capsys, "info", scene, "-m", tiny_checkpoint, "--json")
@@ -84,9 +84,11 @@ def test_info_says_what_classify_would_do(monkeypatch, make_scene, tiny_checkpoi
     assert plan["nodata_tiles_skipped"] == 8 and plan["nodata_tiles_estimated"] is False
     assert plan["skipped_area_px"] == f"{8 * 64 * 64} px in 8 tile(s)"
     # A "huge" scene: estimated from one decimated mask read, never tile by tile.
-    monkeypatch.setattr(predict, "EXACT_COUNT_PIXELS", 1000)
-    monkeypatch.setattr(predict, "_MASK_SAMPLE_SIDE", 75)
-    monkeypatch.setattr(predict, "count_nodata_tiles", lambda *a: pytest.fail("read every tile"))
+    monkeypatch.setattr(plan_module, "EXACT_COUNT_PIXELS", 1000)
+    monkeypatch.setattr(plan_module, "MASK_SAMPLE_SIDE", 75)
+    monkeypatch.setattr(
+        plan_module, "count_nodata_tiles", lambda *a: pytest.fail("read every tile")
+    )
     code, stdout, _ = cli(capsys, "info", scene, "-m", tiny_checkpoint, "--json")
     plan = json.loads(stdout)
     assert plan["nodata_tiles_estimated"] is True and plan["nodata_tiles_skipped"] == 8

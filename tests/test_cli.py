@@ -84,12 +84,12 @@ def test_usage_errors_exit_2(make_scene, tmp_path, capsys) -> None:
 
 
 def test_internal_error_is_one_line_exit_1(monkeypatch, make_scene, tiny_checkpoint, capsys):
-    import mscn_geo.predict
+    import mscn_geo.classify
 
     def boom(*args, **kwargs):
         raise RuntimeError("kaboom")
 
-    monkeypatch.setattr(mscn_geo.predict, "classify_scene", boom)
+    monkeypatch.setattr(mscn_geo.classify, "classify_scene", boom)
     code, _, err = cli(capsys, "classify", make_scene(64, 64), "-m", tiny_checkpoint)
     assert code == 1
     assert err.strip() == (

@@ -15,8 +15,10 @@ import numpy as np
 import pytest
 
 from mscn_geo.batch import classify_scenes
+from mscn_geo.classify import classify_scene
 from mscn_geo.errors import InputError, OptionError, OutputError
-from mscn_geo.predict import ClassifyOptions, classify_scene, plan_scene
+from mscn_geo.options import ClassifyOptions
+from mscn_geo.plan import plan_scene
 
 distributed = pytest.importorskip("distributed")
 

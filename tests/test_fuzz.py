@@ -12,8 +12,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rasterio.transform import from_origin
 
+from mscn_geo.classify import classify_scene
 from mscn_geo.errors import MscnGeoError
-from mscn_geo.predict import ClassifyOptions, classify_scene, plan_scene
+from mscn_geo.options import ClassifyOptions
+from mscn_geo.plan import plan_scene
 from mscn_geo.reader import TileReader
 
 from .conftest import TINY_CLASSES

@@ -12,8 +12,10 @@ import pytest
 import rasterio
 import torch
 
+from mscn_geo.options import ClassifyOptions
 from mscn_geo.pipeline import Normaliser, classify_stream, prepare_model, read_ahead
-from mscn_geo.predict import ClassifyOptions, plan_scene, predict_tiles
+from mscn_geo.plan import plan_scene
+from mscn_geo.predict import predict_tiles
 from mscn_geo.reader import TilePixels, TileReader, block_cache_bounded
 from mscn_geo.tiling import Tile
 

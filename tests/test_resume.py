@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 import rasterio
 
+from mscn_geo.classify import classify_scene
 from mscn_geo.errors import Interrupted, OptionError
-from mscn_geo.predict import ClassifyOptions, classify_scene
+from mscn_geo.options import ClassifyOptions
 from mscn_geo.resume import journal_dir
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -140,7 +140,8 @@ def test_bad_scene(name, make, message, tiny_checkpoint, tmp_path, capsys) -> No
 
 
 def test_corrupt_block_fails_mid_run_not_at_open(tiny_model, tmp_path) -> None:
-    from mscn_geo.predict import ClassifyOptions, plan_scene
+    from mscn_geo.options import ClassifyOptions
+    from mscn_geo.plan import plan_scene
     from mscn_geo.reader import TileReader
 
     scene = corrupt_last_block(write_scene(tmp_path / "blocks.tif"))

@@ -14,7 +14,8 @@ from rasterio.windows import Window
 
 from mscn_geo import scaling
 from mscn_geo.errors import InputError, OptionError
-from mscn_geo.predict import ClassifyOptions, plan_scene
+from mscn_geo.options import ClassifyOptions
+from mscn_geo.plan import plan_scene
 from mscn_geo.reader import TileReader, open_scene
 from mscn_geo.tiling import Tile
 

@@ -10,7 +10,8 @@ import pytest
 import rasterio
 import shapely
 
-from mscn_geo.predict import ClassifyOptions, classify_scene
+from mscn_geo.classify import classify_scene
+from mscn_geo.options import ClassifyOptions
 
 from .conftest import SHARED, TINY_CLASSES
 

@@ -12,13 +12,22 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from mscn_geo.errors import MscnGeoError, OutputError
 
-__all__ = ["PAM_SUFFIX", "atomic_outputs", "output_paths", "style_sidecar", "temporary_path"]
+__all__ = [
+    "PAM_SUFFIX",
+    "atomic_outputs",
+    "check_destination",
+    "output_paths",
+    "remove_stale_temporaries",
+    "style_sidecar",
+    "temporary_path",
+]
 
 #: GDAL's "persistent auxiliary metadata" sidecar, e.g. ``scene_classes.tif.aux.xml``.
 PAM_SUFFIX = ".aux.xml"
@@ -98,7 +107,13 @@ def _remove(path: Path) -> None:
             path.unlink()
 
 
-def _check_destination(finals: Sequence[Path], overwrite: bool) -> None:
+def check_destination(finals: Sequence[Path], overwrite: bool) -> None:
+    """Refuse to write ``finals``: a missing or unwritable folder, or (without
+    ``overwrite``) a final or a sidecar of it that exists.
+
+    Raises:
+        OutputError: ``"<path> exists; use --overwrite"`` and folder problems.
+    """
     for folder in dict.fromkeys(path.parent for path in finals):
         if not folder.exists():
             raise OutputError(f"output folder {folder} does not exist")
@@ -116,6 +131,42 @@ def _check_destination(finals: Sequence[Path], overwrite: bool) -> None:
         for existing in (final, *_sidecars(final)):
             if existing.exists() or existing.is_symlink():
                 raise OutputError(f"{existing} exists; use --overwrite")
+
+
+# A temporary of :func:`temporary_path`: ``.<stem>.<pid>.partial[.<ext>...]``.
+_TEMPORARY = re.compile(r"^\.(?P<stem>.+)\.(?P<pid>\d+)\.partial(?:\..*)?$")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temporaries(finals: Sequence[Path]) -> list[Path]:
+    """Remove hidden temporaries of ``finals`` left by killed runs (their pid is gone).
+
+    A run killed with SIGKILL cannot clean up; its temporaries
+    (``.<stem>.<pid>.partial.<ext>`` and side files) would stay forever.
+    """
+    stems = {Path(f).stem for f in finals}
+    removed = []
+    for folder in {Path(f).parent for f in finals}:
+        if not folder.is_dir():
+            continue
+        for entry in folder.iterdir():
+            match = _TEMPORARY.match(entry.name)
+            if match and match["stem"] in stems and not _pid_alive(int(match["pid"])):
+                with contextlib.suppress(OSError):
+                    entry.unlink()
+                    removed.append(entry)
+    return removed
 
 
 def _is_disk_full(exc: BaseException, folder: Path) -> bool:
@@ -169,7 +220,7 @@ def atomic_outputs(finals: Sequence[Path], overwrite: bool = False) -> Iterator[
     finals = [Path(final) for final in finals]
     if len(set(finals)) != len(finals):
         raise ValueError(f"duplicate output paths: {finals}")
-    _check_destination(finals, overwrite)
+    check_destination(finals, overwrite)
     temps = [temporary_path(final) for final in finals]
 
     def cleanup() -> None:

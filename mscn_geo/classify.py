@@ -1,0 +1,134 @@
+"""Classify a scene: plan -> claim the outputs -> predict -> write -> summary.
+
+Only the order of the steps lives here; each step is its own module
+(:mod:`mscn_geo.plan`, :mod:`mscn_geo.predict`, :mod:`mscn_geo.outputs`,
+:mod:`mscn_geo.resume`, :mod:`mscn_geo.io.atomic`).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from mscn_geo.device import amp_name
+from mscn_geo.errors import OptionError, OutputError
+from mscn_geo.io.atomic import check_destination, remove_stale_temporaries
+from mscn_geo.models.checkpoint import LoadedModel
+from mscn_geo.options import ClassifyOptions
+from mscn_geo.outputs import SceneResult, tiles_frame, write_class_raster
+from mscn_geo.plan import ScenePlan, crs_name, plan_scene
+from mscn_geo.predict import Predictor, ProgressCallback, predict_tiles
+
+__all__ = ["classify_scene", "make_out_dir"]
+
+
+def make_out_dir(out_dir: Path) -> Path:
+    """Create the output folder (and its parents) when missing.
+
+    Raises:
+        OptionError: it exists and is not a folder.
+        OutputError: it cannot be created.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OptionError(f"--out {out_dir} exists and is not a folder")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create the output folder {out_dir}: {exc.strerror}") from exc
+    return out_dir
+
+
+def classify_scene(
+    scene: str | os.PathLike[str],
+    model: LoadedModel,
+    options: ClassifyOptions,
+    progress: ProgressCallback | None = None,
+    *,
+    plan: ScenePlan | None = None,
+    predictor: Predictor | None = None,
+) -> SceneResult:
+    """Classify every tile of ``scene`` and write ``<scene>.gpkg`` and ``<scene>_classes.tif``.
+
+    Outputs are written under temporary names and renamed when complete, so an
+    error or interruption leaves no partial file (hidden temporaries that a
+    killed run left behind are removed first). A scene that is entirely
+    nodata is not an error: it gives a GeoPackage with no polygons, an all-255
+    raster and a warning. With ``options.resume`` finished tiles are kept in a
+    journal (:mod:`mscn_geo.resume`) and a run started again continues from it.
+
+    Args:
+        progress: called as ``progress(tiles_done, tiles_total)``.
+        plan: the scene's :func:`~mscn_geo.plan.plan_scene` when the caller already made it.
+        predictor: computes the per-tile results instead of
+            :func:`~mscn_geo.predict.predict_tiles` (:mod:`mscn_geo.distributed`
+            runs them on a Dask cluster); the outputs are written by the same code
+            either way.
+
+    Raises:
+        InputError, OptionError, OutputError (see :mod:`mscn_geo.errors`).
+    """
+    from mscn_geo.io import atomic_outputs, class_colours, output_paths, write_tiles_gpkg
+
+    options.check()
+    start = time.perf_counter()
+    scene = Path(scene)
+    if plan is None:
+        plan = plan_scene(scene, model.meta, options)
+    info, grid = plan.info, plan.grid
+    warnings = list(plan.warnings)
+    out_dir = make_out_dir(options.out_dir)
+    paths = output_paths(scene, out_dir)
+    names = list(paths)
+    meta = model.meta
+    remove_stale_temporaries(list(paths.values()))
+    journal = None
+    overwrite = options.overwrite
+    if options.resume:
+        from mscn_geo.resume import Journal, journal_dir, run_fingerprint
+
+        folder = journal_dir(scene, out_dir)
+        # Outputs next to a journal are from the run being resumed (killed while
+        # renaming them): they are replaced.
+        overwrite = overwrite or folder.exists()
+        if not overwrite:
+            check_destination(list(paths.values()), overwrite=False)
+        journal = Journal.open(folder, run_fingerprint(scene, plan, model, options))
+    with atomic_outputs(list(paths.values()), overwrite=overwrite) as temps:
+        tmp = dict(zip(names, temps, strict=True))
+        if journal is None:
+            result, device, amp = (predictor or predict_tiles)(info, grid, model, options, progress)
+        else:
+            from mscn_geo.resume import predict_resumable
+
+            result, device, amp = predict_resumable(info, grid, model, options, progress, journal)
+        frame = tiles_frame(info, result, meta.class_names)
+        if frame.empty:
+            warnings.append("scene is entirely nodata: no tile was classified")
+        write_tiles_gpkg(tmp["gpkg"], frame, meta.class_names, class_colours(meta.class_names))
+        write_class_raster(tmp["raster"], info, grid, result, meta)
+    if journal is not None:
+        journal.remove()
+    classified = len(frame)
+    counts = {name: 0 for name in meta.class_names}
+    for name in frame["class_name"]:
+        counts[name] += 1
+    return SceneResult(
+        scene=scene,
+        crs=crs_name(info) or "none (pixel coordinates)",
+        bands=list(info.band_indexes),
+        tiles=len(grid),
+        classified=classified,
+        skipped=len(grid) - classified,
+        padded=int(frame["padded"].sum()) if classified else 0,
+        per_class=counts,
+        seconds=time.perf_counter() - start,
+        device=str(device),
+        amp=amp_name(amp),
+        model_path=str(model.path) if model.path else "<memory>",
+        model_label=model.label,
+        trained=meta.trained,
+        outputs={k: Path(v) for k, v in paths.items() if k in ("gpkg", "raster")},
+        warnings=warnings,
+    )

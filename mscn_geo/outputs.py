@@ -1,0 +1,147 @@
+"""What a classified scene becomes: tile footprints, the tiles GeoDataFrame, the class
+raster (written in strips), and the run's summary (:class:`SceneResult`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mscn_geo.models.checkpoint import ModelMeta
+from mscn_geo.predict import NODATA_CLASS, TileResult
+from mscn_geo.reader import SceneInfo, block_cache_bounded
+from mscn_geo.tiling import Tile, TileGrid
+
+__all__ = ["STRIP_ROWS", "SceneResult", "footprints", "tiles_frame", "write_class_raster"]
+
+#: Class-raster rows written at a time (the writer's block height).
+STRIP_ROWS = 512
+
+
+@dataclass
+class SceneResult:
+    """Outcome of :func:`~mscn_geo.classify.classify_scene`; ``to_dict()``: the JSON summary."""
+
+    scene: Path
+    crs: str
+    bands: list[int]
+    tiles: int
+    classified: int
+    skipped: int
+    padded: int
+    per_class: dict[str, int]
+    seconds: float
+    device: str
+    amp: str
+    model_path: str
+    model_label: str
+    trained: bool
+    outputs: dict[str, Path]
+    warnings: list[str]
+
+    @property
+    def tiles_per_s(self) -> float:
+        return self.classified / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "scene": str(self.scene),
+            "crs": self.crs,
+            "bands": list(self.bands),
+            "tiles": self.tiles,
+            "classified": self.classified,
+            "skipped": self.skipped,
+            "padded": self.padded,
+            "per_class": dict(self.per_class),
+            "seconds": round(self.seconds, 3),
+            "tiles_per_s": round(self.tiles_per_s, 2),
+            "device": self.device,
+            "amp": self.amp,
+            "model": {"path": self.model_path, "label": self.model_label, "trained": self.trained},
+            "outputs": {k: str(v) for k, v in self.outputs.items()},
+            "warnings": list(self.warnings),
+        }
+
+
+def footprints(info: SceneInfo, tiles: list[Tile]) -> list[Any]:
+    """Tile windows as shapely polygons in the scene CRS.
+
+    All four corners go through the affine transform, so rotated or sheared
+    grids give the right (non-rectangular in map units) footprint.
+    """
+    import shapely
+
+    if not tiles:
+        return []
+    t = info.transform
+    c0 = np.array([tile.window.col_off for tile in tiles], dtype=np.float64)
+    r0 = np.array([tile.window.row_off for tile in tiles], dtype=np.float64)
+    c1 = c0 + np.array([tile.window.width for tile in tiles], dtype=np.float64)
+    r1 = r0 + np.array([tile.window.height for tile in tiles], dtype=np.float64)
+    cols = np.stack([c0, c1, c1, c0, c0], axis=1)  # (n, 5) ring, clockwise in pixel space
+    rows = np.stack([r0, r0, r1, r1, r0], axis=1)
+    if t.determinant < 0:  # north-up flips orientation: keep exteriors counter-clockwise
+        cols, rows = cols[:, ::-1], rows[:, ::-1]
+    xs = t.a * cols + t.b * rows + t.c
+    ys = t.d * cols + t.e * rows + t.f
+    return list(shapely.polygons(np.stack([xs, ys], axis=2)))
+
+
+def tiles_frame(info: SceneInfo, result: TileResult, class_names: list[str]) -> Any:
+    """The classified tiles (skipped ones left out) as a GeoDataFrame in the scene CRS.
+
+    Columns: ``class_id``, ``class_name``, ``confidence``, ``p_<class>`` per class,
+    ``row``, ``col``, ``nodata_fraction``, ``padded``, and the tile footprint.
+    """
+    import geopandas as gpd
+
+    keep = np.flatnonzero(result.class_ids != NODATA_CLASS)
+    tiles = [result.tiles[i] for i in keep]
+    probs = result.probs[keep]
+    ids = result.class_ids[keep].astype(np.int32)
+    columns: dict[str, Any] = {
+        "class_id": ids,
+        "class_name": [class_names[i] for i in ids],
+        "confidence": probs.max(axis=1) if len(keep) else np.zeros(0, np.float32),
+    }
+    for j, name in enumerate(class_names):
+        columns[f"p_{name}"] = probs[:, j]
+    columns["row"] = np.array([t.row for t in tiles], dtype=np.int32)
+    columns["col"] = np.array([t.col for t in tiles], dtype=np.int32)
+    columns["nodata_fraction"] = result.nodata_fraction[keep]
+    columns["padded"] = np.array([t.padded for t in tiles], dtype=bool)
+    return gpd.GeoDataFrame(columns, geometry=footprints(info, tiles), crs=info.crs)
+
+
+def write_class_raster(
+    path: Path, info: SceneInfo, grid: TileGrid, result: TileResult, meta: ModelMeta
+) -> None:
+    """Write the class raster of every tile of ``grid`` to ``path``, :data:`STRIP_ROWS` at a time.
+
+    Each pixel gets the class of the tile that owns it (:meth:`TileGrid.paint`).
+    """
+    from rasterio.windows import Window
+
+    from mscn_geo.io import ClassRasterWriter, class_colours
+
+    rows, cols = grid.shape
+    classes = result.class_ids.reshape(rows, cols)
+    # GDAL would otherwise keep dirty blocks up to 5% of RAM (the whole raster).
+    with (
+        block_cache_bounded(info.width, 1, 1, STRIP_ROWS),
+        ClassRasterWriter(
+            path,
+            width=info.width,
+            height=info.height,
+            crs=info.crs,
+            transform=info.transform,
+            class_names=meta.class_names,
+            colours=class_colours(meta.class_names),
+            nodata=NODATA_CLASS,
+        ) as writer,
+    ):
+        for y0 in range(0, info.height, STRIP_ROWS):
+            y1 = min(y0 + STRIP_ROWS, info.height)
+            writer.write(Window(0, y0, info.width, y1 - y0), grid.paint(classes, y0, y1))
