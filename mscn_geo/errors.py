@@ -38,6 +38,10 @@ class OptionError(MscnGeoError):
     """An option value is invalid or contradicts another one."""
 
 
+class AoiError(MscnGeoError):
+    """The area of interest cannot be read, has no CRS or does not overlap the scene."""
+
+
 class DatasetError(MscnGeoError):
     """A training or evaluation dataset is missing, empty or mismatched."""
 

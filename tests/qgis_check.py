@@ -3,12 +3,15 @@
 Run with the system Python that has QGIS (not the project's venv)::
 
     QT_QPA_PLATFORM=offscreen /usr/bin/python3 tests/qgis_check.py \
-        --gpkg out/scene.gpkg --layer tiles --raster out/scene_classes.tif
+        --gpkg out/scene.gpkg --layer tiles --layer landuse --raster out/scene_classes.tif
 
-Prints one JSON object: ``{"qgis_version": ..., "vector": {...}, "raster": {...}}``
-with, per layer, whether it is valid, its CRS authid, feature count or size, the
-renderer type, and the classes (label, value, colour) of its legend. Only the
-standard library and QGIS are imported so that it runs outside the venv.
+Prints one JSON object: ``{"qgis_version": ..., "vector": {...}, "vectors": {...},
+"raster": {...}, "log": [...]}`` with, per layer, whether it is valid, its CRS
+authid, feature count or size, the renderer type, and the classes (label, value,
+colour) of its legend (``vector`` is the first ``--layer``, ``vectors`` every one
+by name), and ``log``: every message QGIS logged meanwhile (GDAL warnings such as
+an unsupported GeoPackage version land there). Only the standard library and
+QGIS are imported so that it runs outside the venv.
 """
 
 from __future__ import annotations
@@ -91,7 +94,9 @@ def _raster(path: str) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gpkg", help="GeoPackage to open as a vector layer")
-    parser.add_argument("--layer", default="tiles", help="layer name in the GeoPackage")
+    parser.add_argument(
+        "--layer", action="append", help="layer name in the GeoPackage (repeatable; tiles)"
+    )
     parser.add_argument("--raster", help="class raster to open")
     args = parser.parse_args(argv)
 
@@ -100,12 +105,27 @@ def main(argv: list[str] | None = None) -> int:
 
     app = QgsApplication([], False)
     app.initQgis()
+    log: list[dict[str, Any]] = []
+
+    def logged(message: str, tag: str, level: Any) -> None:
+        log.append({"tag": tag, "level": int(level), "message": message})
+
+    QgsApplication.messageLog().messageReceived.connect(logged)
     try:
-        result: dict[str, Any] = {"qgis_version": Qgis.QGIS_VERSION}
+        from osgeo import gdal
+
+        result: dict[str, Any] = {
+            "qgis_version": Qgis.QGIS_VERSION,
+            "gdal_version": gdal.__version__,
+        }
         if args.gpkg:
-            result["vector"] = _vector(args.gpkg, args.layer)
+            layers = args.layer or ["tiles"]
+            result["vectors"] = {name: _vector(args.gpkg, name) for name in layers}
+            result["vector"] = result["vectors"][layers[0]]
         if args.raster:
             result["raster"] = _raster(args.raster)
+        app.processEvents()  # deliver queued log messages
+        result["log"] = log
         json.dump(result, sys.stdout, indent=2, default=str)
         sys.stdout.write("\n")
     finally:

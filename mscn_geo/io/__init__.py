@@ -1,11 +1,17 @@
-"""Output writers: the tiles GeoPackage, the class raster, their styles, atomic file handling."""
+"""Output writers: the GeoPackage (tiles, landuse), the class raster, styles, atomic files."""
 
 from mscn_geo.io.atomic import atomic_outputs, output_paths
 from mscn_geo.io.raster import ClassRasterWriter
 from mscn_geo.io.styles import class_colours, polygon_style_qml, raster_style_qml
-from mscn_geo.io.vector import read_layer_styles, write_tiles_gpkg
+from mscn_geo.io.vector import (
+    GPKG_VERSION,
+    read_layer_styles,
+    write_landuse_layer,
+    write_tiles_gpkg,
+)
 
 __all__ = [
+    "GPKG_VERSION",
     "ClassRasterWriter",
     "atomic_outputs",
     "class_colours",
@@ -13,5 +19,6 @@ __all__ = [
     "polygon_style_qml",
     "raster_style_qml",
     "read_layer_styles",
+    "write_landuse_layer",
     "write_tiles_gpkg",
 ]

@@ -1,4 +1,9 @@
-"""The tiles GeoPackage: one polygon per classified tile, styled for QGIS."""
+"""The scene GeoPackage: the ``tiles`` and ``landuse`` polygon layers, styled for QGIS.
+
+Every GeoPackage is written as version 1.2 (:data:`GPKG_VERSION`): GDAL >= 3.8
+writes 1.4 by default, which QGIS 3.22 LTR (GDAL 3.6) opens with a warning
+("may only be partially supported") per layer.
+"""
 
 from __future__ import annotations
 
@@ -16,10 +21,31 @@ import pyogrio
 
 from mscn_geo.io.styles import polygon_style_qml
 
-__all__ = ["LAYER_STYLES", "read_layer_styles", "tile_columns", "write_tiles_gpkg"]
+__all__ = [
+    "GPKG_VERSION",
+    "LANDUSE_COLUMNS",
+    "LAYER_STYLES",
+    "read_layer_styles",
+    "tile_columns",
+    "write_landuse_layer",
+    "write_tiles_gpkg",
+]
 
 #: Table where QGIS looks for styles stored inside a GeoPackage.
 LAYER_STYLES = "layer_styles"
+
+#: GeoPackage version written (GDAL's ``VERSION`` creation option); read without
+#: warnings by every QGIS LTR still in use.
+GPKG_VERSION = "1.2"
+
+#: Attribute columns of the ``landuse`` layer, in order, with their numpy dtypes:
+#: class id and name, area in square metres (NaN without CRS), mean confidence.
+LANDUSE_COLUMNS: dict[str, str] = {
+    "class_id": "int32",
+    "class_name": "str",
+    "area_m2": "float64",
+    "confidence": "float64",
+}
 
 _STYLE_NAME = "mscn-geo classes"
 
@@ -36,25 +62,24 @@ def tile_columns(class_names: Sequence[str]) -> dict[str, str]:
     return columns
 
 
-def _conform(tiles: geopandas.GeoDataFrame, class_names: Sequence[str]) -> geopandas.GeoDataFrame:
-    columns = tile_columns(class_names)
-    missing = [name for name in columns if name not in tiles.columns]
+def _conform(frame: geopandas.GeoDataFrame, columns: dict[str, str]) -> geopandas.GeoDataFrame:
+    missing = [name for name in columns if name not in frame.columns]
     if missing:
-        raise ValueError(f"tiles frame lacks columns {missing}")
-    extra = [c for c in tiles.columns if c not in columns and c != tiles.geometry.name]
+        raise ValueError(f"frame lacks columns {missing}")
+    extra = [c for c in frame.columns if c not in columns and c != frame.geometry.name]
     data: dict[str, object] = {}
     for name, dtype in columns.items():
-        values = tiles[name]
+        values = frame[name]
         if dtype == "str":
             # Keep real strings (and an object column for an empty frame) so the
             # field is created as text, not as whatever an empty column defaults to.
-            data[name] = pd.Series([str(v) for v in values], index=tiles.index, dtype=object)
+            data[name] = pd.Series([str(v) for v in values], index=frame.index, dtype=object)
         else:
             data[name] = values.to_numpy(dtype=np.dtype(dtype))
     for name in extra:
-        data[name] = tiles[name]
+        data[name] = frame[name]
     return geopandas.GeoDataFrame(
-        data, geometry=tiles.geometry.values, crs=tiles.crs, index=tiles.index
+        data, geometry=frame.geometry.values, crs=frame.crs, index=frame.index
     )
 
 
@@ -75,11 +100,43 @@ def write_tiles_gpkg(
     registered in ``gpkg_contents`` as an attributes table, marked
     ``useAsDefault`` so QGIS applies it when the layer is opened.
     """
+    write_polygon_layer(
+        path, _conform(tiles, tile_columns(class_names)), layer, class_names, colours
+    )
+
+
+def write_landuse_layer(
+    path: Path,
+    landuse: geopandas.GeoDataFrame,
+    class_names: Sequence[str],
+    colours: Sequence[tuple[int, int, int]],
+    layer: str = "landuse",
+) -> None:
+    """Add the land-use layer (columns :data:`LANDUSE_COLUMNS`) and its QGIS style to ``path``.
+
+    Same rules as :func:`write_tiles_gpkg`; the GeoPackage may already hold the
+    ``tiles`` layer (the new layer is added next to it).
+    """
+    write_polygon_layer(path, _conform(landuse, LANDUSE_COLUMNS), layer, class_names, colours)
+
+
+def write_polygon_layer(
+    path: Path,
+    frame: geopandas.GeoDataFrame,
+    layer: str,
+    class_names: Sequence[str],
+    colours: Sequence[tuple[int, int, int]],
+) -> None:
+    """Write ``frame`` (polygons, columns in their final order and types) as ``layer``
+    of the GeoPackage ``path`` with its default QGIS style (categorised by ``class_name``).
+
+    A new file is created as GeoPackage :data:`GPKG_VERSION`; an existing one gets
+    the layer added.
+    """
     path = Path(path)
-    frame = _conform(tiles, class_names)
     geometry_types = set(frame.geometry.geom_type.dropna().unique())
     if not geometry_types <= {"Polygon"}:
-        raise ValueError(f"tiles must be polygons, got {sorted(geometry_types)}")
+        raise ValueError(f"{layer} must be polygons, got {sorted(geometry_types)}")
     with warnings.catch_warnings():
         # No CRS means a pixel-space scene; the caller chose that.
         warnings.filterwarnings("ignore", message="'crs' was not provided", category=UserWarning)
@@ -90,6 +147,7 @@ def write_tiles_gpkg(
             driver="GPKG",
             geometry_type="Polygon",
             promote_to_multi=False,
+            dataset_options={"VERSION": GPKG_VERSION},
         )
     add_layer_style(path, layer, polygon_style_qml(class_names, colours))
 
@@ -148,6 +206,7 @@ def add_layer_style(
         driver="GPKG",
         append=exists,
         layer_options=None if exists else {"FID": "id"},
+        dataset_options={"VERSION": GPKG_VERSION},
     )
 
 

@@ -208,3 +208,12 @@ def test_read_layer_styles_without_table(tmp_path: Path) -> None:
     path = tmp_path / "plain.gpkg"
     pyogrio.write_dataframe(make_tiles(), path, layer="tiles")
     assert read_layer_styles(path) == []
+
+
+def test_geopackage_is_version_1_2(tmp_path: Path) -> None:
+    # QGIS 3.22 LTR (GDAL 3.6) warns three times on GeoPackage 1.4, GDAL >= 3.8's default.
+    path = tmp_path / "scene.gpkg"
+    write_tiles_gpkg(path, make_tiles(), NAMES, COLOURS)
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        assert db.execute("PRAGMA application_id").fetchone()[0] == 0x47504B47  # "GPKG"
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 10200
