@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ from torch.utils.data import DataLoader
 
 from mscn_geo.data import ChipDataset, scan_image_folder, stratified_split
 from mscn_geo.errors import DatasetError
+from mscn_geo.io.atomic import atomic_file
 
 
 def eval_transform(mean: list[float], std: list[float]):
@@ -189,13 +189,11 @@ def evaluate_folder(
 
 
 def write_confusion_csv(path: Path, result: dict[str, Any]) -> Path:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w", newline="") as fh:
+    with atomic_file(path) as tmp, tmp.open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["true \\ predicted", *result["classes"]])
         for name, row in zip(result["classes"], result["confusion_matrix"], strict=True):
             w.writerow([name, *row])
-    os.replace(tmp, path)
     return path
 
 
@@ -230,8 +228,7 @@ def plot_confusion(path: Path, result: dict[str, Any]) -> Path:
     ax.set_ylabel("true")
     ax.set_title(f"OA {result['overall_accuracy']:.3f}, kappa {result['kappa']:.3f}")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
     return path

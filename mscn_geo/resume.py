@@ -19,10 +19,8 @@ names what changed, never silently mixed in.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,6 +32,7 @@ import torch
 
 from mscn_geo.device import amp_name, autocast_dtype, resolve_device
 from mscn_geo.errors import OptionError, OutputError
+from mscn_geo.io.atomic import atomic_file
 from mscn_geo.models.checkpoint import LoadedModel
 from mscn_geo.options import ClassifyOptions
 from mscn_geo.plan import ScenePlan
@@ -86,16 +85,8 @@ def scene_fingerprint(scene: Path) -> dict[str, Any]:
 
 
 def _write_atomic(path: Path, write: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+    with atomic_file(path) as tmp, open(tmp, "wb") as f:
+        write(f)
 
 
 @dataclass

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import random
 import time
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from mscn_geo.data import ChipDataset, load_image_folder, load_torchgeo_dataset,
 from mscn_geo.device import autocast_dtype, resolve_device
 from mscn_geo.errors import CheckpointError, DatasetError, OptionError
 from mscn_geo.evaluate import eval_transform, evaluate_dataset
+from mscn_geo.io.atomic import atomic_file
 from mscn_geo.models import ModelMeta, create_model, read_checkpoint, save_checkpoint
 
 BAND_NAMES_RGB = ["red", "green", "blue"]
@@ -420,9 +420,8 @@ def _arch_kwargs(cfg: TrainConfig) -> dict[str, Any]:
 def _write_config(path: Path, cfg: TrainConfig) -> None:
     import yaml
 
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=True))
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        tmp.write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=True))
 
 
 def _plot_curve(history: list[dict[str, Any]], path: Path) -> None:

@@ -1,24 +1,34 @@
-"""Output writers: the GeoPackage (tiles, landuse), the class raster, styles, atomic files."""
+"""Output writers: the GeoPackage (tiles, landuse), the class raster, styles, atomic files.
 
-from mscn_geo.io.atomic import atomic_outputs, output_paths
-from mscn_geo.io.raster import ClassRasterWriter
-from mscn_geo.io.styles import class_colours, polygon_style_qml, raster_style_qml
-from mscn_geo.io.vector import (
-    GPKG_VERSION,
-    read_layer_styles,
-    write_landuse_layer,
-    write_tiles_gpkg,
-)
+Names are imported on first use (PEP 562), so ``mscn_geo.io.atomic`` alone (used
+by checkpoints and training) does not import rasterio or geopandas.
+"""
 
-__all__ = [
-    "GPKG_VERSION",
-    "ClassRasterWriter",
-    "atomic_outputs",
-    "class_colours",
-    "output_paths",
-    "polygon_style_qml",
-    "raster_style_qml",
-    "read_layer_styles",
-    "write_landuse_layer",
-    "write_tiles_gpkg",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "GPKG_VERSION": "mscn_geo.io.vector",
+    "ClassRasterWriter": "mscn_geo.io.raster",
+    "atomic_file": "mscn_geo.io.atomic",
+    "atomic_outputs": "mscn_geo.io.atomic",
+    "class_colours": "mscn_geo.io.styles",
+    "output_paths": "mscn_geo.io.atomic",
+    "polygon_style_qml": "mscn_geo.io.styles",
+    "raster_style_qml": "mscn_geo.io.styles",
+    "read_layer_styles": "mscn_geo.io.vector",
+    "write_landuse_layer": "mscn_geo.io.vector",
+    "write_tiles_gpkg": "mscn_geo.io.vector",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value  # looked up once
+    return value

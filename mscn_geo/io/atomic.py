@@ -21,6 +21,7 @@ from mscn_geo.errors import MscnGeoError, OutputError
 
 __all__ = [
     "PAM_SUFFIX",
+    "atomic_file",
     "atomic_outputs",
     "check_destination",
     "output_paths",
@@ -197,6 +198,28 @@ def _fsync(path: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_file(final: str | os.PathLike[str]) -> Iterator[Path]:
+    """Write one file so that it is complete or absent: ``with atomic_file(p) as tmp:``.
+
+    The block writes the hidden temporary ``tmp`` (same folder, extension kept,
+    see :func:`temporary_path`); on normal exit it is flushed to disk (fsync),
+    renamed over ``final`` and the folder entry flushed too, so a crash at any
+    moment leaves the old file or the new one, never a torn one. On an exception
+    the temporary is removed and ``final`` is untouched.
+    """
+    final = Path(final)
+    temp = temporary_path(final)
+    try:
+        yield temp
+        _fsync(temp)
+        os.replace(temp, final)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            temp.unlink()
+    _fsync(final.parent)
 
 
 @contextlib.contextmanager

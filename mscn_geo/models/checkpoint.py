@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from mscn_geo.errors import CheckpointError
+from mscn_geo.io.atomic import atomic_file
 from mscn_geo.models.registry import create_model, list_models
 
 FORMAT = "mscn-geo-checkpoint"
@@ -124,12 +125,8 @@ def save_checkpoint(
         **(extra or {}),
     }
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_file(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

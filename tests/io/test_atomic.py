@@ -10,7 +10,7 @@ import pytest
 
 from mscn_geo.errors import OutputError
 from mscn_geo.io import atomic
-from mscn_geo.io.atomic import atomic_outputs, output_paths, temporary_path
+from mscn_geo.io.atomic import atomic_file, atomic_outputs, output_paths, temporary_path
 
 
 def _finals(folder: Path) -> list[Path]:
@@ -203,3 +203,19 @@ def test_duplicate_finals_are_rejected(tmp_path: Path) -> None:
         atomic_outputs([tmp_path / "a.gpkg", tmp_path / "a.gpkg"]),
     ):
         pass
+
+
+def test_atomic_file_replaces_on_success_and_keeps_the_old_file_on_error(tmp_path: Path) -> None:
+    final = tmp_path / "model.pt"
+    final.write_bytes(b"old")
+    with pytest.raises(RuntimeError), atomic_file(final) as tmp:
+        assert tmp.parent == tmp_path and tmp.name.startswith(".") and tmp.suffix == ".pt"
+        tmp.write_bytes(b"half")
+        raise RuntimeError("killed mid-write")
+    assert final.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
+    with atomic_file(final) as tmp:
+        tmp.write_bytes(b"new")
+        assert final.read_bytes() == b"old"  # nothing visible before the block ends
+    assert final.read_bytes() == b"new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
