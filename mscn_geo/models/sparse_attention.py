@@ -210,6 +210,10 @@ def dual_topk_attention(
     n1 = k.shape[2]
     k_a = min(max(1, k_a), n1)
     k_b = min(max(1, k_b), n1)
+    if torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting():
+        # The fused path's autograd.Function and its Python loop over batch-head
+        # chunks cannot become a graph with a dynamic batch axis.
+        return dense_dual_topk_attention(q, k, v, a1, a2, k_a, k_b, scale)
     dtype = v.dtype
     with torch.autocast(device_type=q.device.type, enabled=False):
         qf = (q.to(dtype) * scale).reshape(b * h, n, d)
@@ -217,3 +221,30 @@ def dual_topk_attention(
         vf = v.reshape(b * h, n1, d)
         out = _DualTopKAttention.apply(qf, kf, vf, a1, a2, k_a, k_b)
     return out.reshape(b, h, n, d)
+
+
+def dense_dual_topk_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    a1: Tensor,
+    a2: Tensor,
+    k_a: int,
+    k_b: int,
+    scale: float,
+) -> Tensor:
+    """:func:`dual_topk_attention` as plain tensor operations, for graph export (ONNX).
+
+    Same maths and tie rule as the fused path (every score at a threshold is
+    kept, the normalisers sum over the kept sets), but the whole (B, heads, N,
+    N1) score tensor is held at once and there is no custom backward: only
+    what ``torch.export`` and the ONNX exporters can trace, with any batch size.
+    ``k_a`` and ``k_b`` must already be in 1..N1.
+    """
+    s = torch.matmul(q * scale, k.transpose(-2, -1))
+    top = torch.topk(s, max(k_a, k_b), dim=-1).values  # sorted, largest first
+    e = torch.exp(s - top[..., :1])
+    e_a = e * (s >= top[..., k_a - 1 : k_a]).to(e.dtype)
+    e_b = e * (s >= top[..., k_b - 1 : k_b]).to(e.dtype)
+    p = e_a * (a1 / e_a.sum(-1, keepdim=True)) + e_b * (a2 / e_b.sum(-1, keepdim=True))
+    return torch.matmul(p, v)
