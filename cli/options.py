@@ -12,9 +12,11 @@ plain ``Annotated`` types below.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -34,6 +36,7 @@ def from_field(
     *flags: str,
     metavar: str | None = None,
     given_only: bool = False,
+    note: str = "",
     **kwargs: Any,
 ) -> Any:
     """A Typer option (used as a parameter's default) for field ``name`` of ``owner``.
@@ -46,6 +49,7 @@ def from_field(
         given_only: the option's value is ``None`` unless given on the command
             line (to merge it with a config file); ``--help`` still shows the
             field's default.
+        note: text shown after the default (e.g. another default in some mode).
         kwargs: passed to :func:`typer.Option` (``min``, ``file_okay``, ...).
     """
     default = default_of(owner, name)
@@ -55,8 +59,10 @@ def from_field(
         metavar = _METAVARS.get(kind, "VALUE")
     text = help_of(owner, name)
     if given_only:
-        if default is not None:
-            text = f"{text}  [default: {default}]"
+        shown = [] if default is None else [f"default: {default}"]
+        shown += [note] if note else []
+        if shown:
+            text = f"{text}  [{'; '.join(shown)}]"
         default, kwargs["show_default"] = None, False
     return typer.Option(default, *flags, help=text, metavar=metavar, **kwargs)
 
@@ -69,6 +75,62 @@ def dataclass_from(owner: type[T], params: Mapping[str, Any], **extra: Any) -> T
     names = {f.name for f in dataclasses.fields(owner)}  # type: ignore[arg-type]
     values = {k: v for k, v in params.items() if k in names}
     return owner(**{**values, **extra})
+
+
+def dataclass_options(
+    owner: type,
+    flags: Mapping[str, str] | None = None,
+    notes: Mapping[str, str] | None = None,
+    exclude: Iterable[str] = (),
+    param: str = "given",
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator: one option per field of dataclass ``owner`` (:func:`from_field`, given only).
+
+    For commands that take (nearly) every field, such as ``train``: instead of a
+    parameter per field, the command declares ``param`` (a dict) and receives
+    ``{field: value}`` for the options given on the command line only, to merge
+    with a config file. ``flags`` renames options (``{"mixup_alpha": "--mixup"}``);
+    fields with ``metadata["cli"] == False`` and those in ``exclude`` get none.
+    """
+    flags, notes, skip = dict(flags or {}), dict(notes or {}), set(exclude)
+    fields = [
+        f
+        for f in dataclasses.fields(owner)  # type: ignore[arg-type]
+        if f.name not in skip and f.metadata.get("cli", True)
+    ]
+
+    def option_for(f: dataclasses.Field) -> Any:
+        flag = flags.get(f.name, "--" + f.name.replace("_", "-"))
+        kind = _value_type(owner, f.name)
+        if kind is bool:
+            flag = f"{flag}/--no-{flag.removeprefix('--')}"
+        made = from_field(owner, f.name, flag, given_only=True, note=notes.get(f.name, ""))
+        return Annotated[kind | None, made]
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        signature = inspect.signature(func, eval_str=True)
+        own = [
+            p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+            for p in signature.parameters.values()
+            if p.name != param
+        ]
+        added = [
+            inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=option_for(f))
+            for f in fields
+        ]
+        names = {f.name for f in fields}
+
+        @functools.wraps(func)
+        def command(**kwargs: Any) -> Any:
+            given = {k: kwargs.pop(k) for k in names}
+            return func(**kwargs, **{param: {k: v for k, v in given.items() if v is not None}})
+
+        params = own + added
+        command.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        return command
+
+    return decorate
 
 
 def _value_type(owner: type, name: str) -> Any:

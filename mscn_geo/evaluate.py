@@ -11,9 +11,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from mscn_geo.data import ChipDataset, scan_image_folder, stratified_split
-from mscn_geo.errors import DatasetError
+from mscn_geo.data import ChipDataset, sample_key, scan_image_folder, stratified_split
+from mscn_geo.errors import DatasetError, OptionError
 from mscn_geo.io.atomic import atomic_file
+from mscn_geo.scaling import Scaling
 
 
 def eval_transform(mean: list[float], std: list[float]):
@@ -118,12 +119,21 @@ def load_labelled_folder(
     split: str = "all",
     val_fraction: float = 0.2,
     seed: int = 0,
+    val_files: list[str] | None = None,
+    scaling: Scaling | None = None,
 ) -> ChipDataset:
     """Chips of ``data_dir`` labelled with the *model's* class indices.
 
     Class folders are matched to the model's class names by name; a folder the
-    model does not know is an error. ``split`` = ``val``/``train`` rebuilds the
-    stratified split that training used (same fraction and seed).
+    model does not know is an error. ``split`` = ``val`` keeps the chips named
+    in ``val_files`` (``class/file``, as the checkpoint stores them), ``train``
+    every other one; without ``val_files`` the stratified split of training
+    is rebuilt from ``val_fraction`` and ``seed``. Non-8-bit chips are mapped
+    with ``scaling`` (the model's), else a stretch of this folder's chips.
+
+    Raises:
+        DatasetError: unknown class folder, unknown split, validation chips of
+            ``val_files`` missing from ``data_dir``.
     """
     folder_classes, samples = scan_image_folder(data_dir)
     unknown = [c for c in folder_classes if c not in model_classes]
@@ -132,14 +142,27 @@ def load_labelled_folder(
             f"class folders not known to the model: {', '.join(unknown)} "
             f"(model classes: {', '.join(model_classes)})"
         )
-    if split != "all":
+    if split not in ("all", "train", "val"):
+        raise DatasetError(f"unknown split {split!r} (all, train or val)")
+    if split != "all" and val_files:
+        keys = {sample_key(s.path): s for s in samples}
+        missing = [k for k in val_files if k not in keys]
+        if missing:
+            raise DatasetError(
+                f"{len(missing)} of the model's {len(val_files)} validation chips are not in "
+                f"{data_dir}, e.g. {missing[0]}: evaluate the folder the model was trained on"
+            )
+        listed = set(val_files)
+        samples = [s for s in samples if (sample_key(s.path) in listed) == (split == "val")]
+    elif split != "all":
         tr, va = stratified_split([s.label for s in samples], val_fraction, seed)
-        chosen = {"train": tr, "val": va}.get(split)
-        if chosen is None:
-            raise DatasetError(f"unknown split {split!r} (all, train or val)")
-        samples = [samples[i] for i in chosen]
+        samples = [samples[i] for i in (va if split == "val" else tr)]
+    if not samples:
+        raise DatasetError(f"no chip of {data_dir} is in the {split} split")
     labels = [model_classes.index(folder_classes[s.label]) for s in samples]
-    return ChipDataset([s.path for s in samples], labels, model_classes, size=size, bands=bands)
+    return ChipDataset(
+        [s.path for s in samples], labels, model_classes, size=size, bands=bands, scaling=scaling
+    )
 
 
 def evaluate_folder(
@@ -157,8 +180,11 @@ def evaluate_folder(
     """Evaluate a checkpoint (default: the bundled model) on a labelled folder.
 
     Writes ``confusion_matrix.csv`` and ``confusion_matrix.png`` in ``out_dir``
-    when given. The split's fraction and seed default to the ones the model
-    was trained with (from its recipe).
+    when given. ``split`` ``val``/``train``: the validation chips the checkpoint
+    lists (``meta.val_files``); a checkpoint without that list (older ones,
+    the bundled model) gets its split rebuilt from ``val_fraction`` and ``seed``,
+    which default to its recipe's and are refused when the list exists.
+    The result's ``split_source`` says which.
     """
     from mscn_geo.device import autocast_dtype, resolve_device
     from mscn_geo.models import load_checkpoint
@@ -166,10 +192,23 @@ def evaluate_folder(
     loaded = load_checkpoint(model_path)
     meta = loaded.meta
     recipe = meta.recipe or {}
+    if meta.val_files and (val_fraction is not None or seed is not None):
+        raise OptionError(
+            "the model lists its validation chips: val_fraction and seed apply only to "
+            "models without that list"
+        )
     val_fraction = val_fraction if val_fraction is not None else recipe.get("val_fraction", 0.2)
     seed = seed if seed is not None else recipe.get("seed", 0)
     ds = load_labelled_folder(
-        Path(data_dir), meta.class_names, meta.tile_size, meta.in_chans, split, val_fraction, seed
+        Path(data_dir),
+        meta.class_names,
+        meta.tile_size,
+        meta.in_chans,
+        split,
+        val_fraction,
+        seed,
+        val_files=meta.val_files,
+        scaling=meta.scene_scaling(),
     )
     ds.transform = eval_transform(meta.mean, meta.std)
     dev = resolve_device(device)
@@ -177,7 +216,13 @@ def evaluate_folder(
     loader = DataLoader(ds, batch_size=batch_size, num_workers=0)
     probs, labels = predict_dataset(model, ds, dev, autocast_dtype(dev, amp), loader, tta=tta)
     result = classification_metrics(probs.argmax(1), labels, meta.class_names)
-    result.update(model=loaded.label, data=str(data_dir), split=split, tta=tta)
+    if split == "all":
+        source = "every chip of the folder"
+    elif meta.val_files:
+        source = "the validation chips listed in the checkpoint"
+    else:
+        source = f"stratified split rebuilt (val_fraction {val_fraction:g}, seed {seed})"
+    result.update(model=loaded.label, data=str(data_dir), split=split, split_source=source, tta=tta)
     if out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -229,6 +274,6 @@ def plot_confusion(path: Path, result: dict[str, Any]) -> Path:
     ax.set_title(f"OA {result['overall_accuracy']:.3f}, kappa {result['kappa']:.3f}")
     fig.tight_layout()
     with atomic_file(path) as tmp:
-        fig.savefig(tmp, dpi=100)
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
     return path

@@ -43,7 +43,8 @@ class Scaling:
     """A per-band linear map ``[low, high] -> [0, 255]``.
 
     Attributes:
-        method: ``"percentile"`` (estimated) or ``"fixed"`` (``--scale``).
+        method: ``"percentile"`` (estimated per scene), ``"fixed"`` (``--scale``)
+            or ``"training"`` (per band, fixed, from a model's training chips).
         low, high: one value per band used, in the scene's units.
     """
 
@@ -63,11 +64,22 @@ class Scaling:
         pairs = ", ".join(f"{lo:g}..{hi:g}" for lo, hi in zip(self.low, self.high, strict=True))
         if self.method == "fixed":
             return f"linear {pairs} -> 0..255 (--scale)"
+        if self.method == "training":
+            return f"the model's training stretch {pairs} -> 0..255"
         lo, hi = PERCENTILES
         return f"per-band {lo:g}-{hi:g} percentile stretch {pairs} -> 0..255"
 
     def to_dict(self) -> dict[str, object]:
         return {"method": self.method, "low": list(self.low), "high": list(self.high)}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, object]) -> Scaling:
+        """The inverse of :meth:`to_dict` (as stored in checkpoints and chips.json)."""
+        low = tuple(float(v) for v in raw["low"])  # type: ignore[union-attr]
+        high = tuple(float(v) for v in raw["high"])  # type: ignore[union-attr]
+        if len(low) != len(high):
+            raise ValueError("scaling low and high differ in length")
+        return cls(str(raw["method"]), low, high)
 
 
 def parse_scale(text: str | Sequence[float] | None) -> tuple[float, float] | None:

@@ -34,7 +34,7 @@ def _run(name: str, overrides: dict, data: str, out: str, budget: float) -> None
     import torch
 
     from mscn_geo.evaluate import evaluate_folder
-    from mscn_geo.train import TrainConfig, train
+    from mscn_geo.training import TrainConfig, train
 
     torch.set_num_threads(2)
     cfg = TrainConfig(

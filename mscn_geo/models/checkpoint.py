@@ -22,6 +22,7 @@ from torch import nn
 from mscn_geo.errors import CheckpointError
 from mscn_geo.io.atomic import atomic_file
 from mscn_geo.models.registry import create_model, list_models
+from mscn_geo.scaling import Scaling
 
 FORMAT = "mscn-geo-checkpoint"
 FORMAT_VERSION = 1
@@ -34,6 +35,15 @@ class ModelMeta:
 
     Pixel values are divided by 255 and then normalised with ``mean``/``std``
     (one value per band, in 0..1 units).
+
+    Attributes:
+        scaling: how scene values were mapped to 0..255 for training
+            (``Scaling.to_dict()``); ``None``: 8-bit imagery used as it is.
+            Classify applies a ``fixed``/``training`` scaling to every scene.
+        scene_bands: 1-based scene bands the training chips were read from
+            (when they were cut from scenes by ``mscn-geo chips``).
+        val_files: ``class/file`` of every validation chip, so that
+            ``evaluate --split val`` scores exactly these.
     """
 
     class_names: list[str]
@@ -48,6 +58,9 @@ class ModelMeta:
     created: str = ""
     recipe: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    scaling: dict[str, Any] | None = None
+    scene_bands: list[int] | None = None
+    val_files: list[str] = field(default_factory=list)
 
     @property
     def status(self) -> str:
@@ -72,6 +85,23 @@ class ModelMeta:
             raise CheckpointError("checkpoint std must be positive")
         if self.tile_size < 32:
             raise CheckpointError(f"checkpoint tile size {self.tile_size} is below 32 px")
+        if self.scaling is not None:
+            try:
+                scaling = Scaling.from_dict(self.scaling)
+            except (KeyError, TypeError, ValueError) as exc:
+                raise CheckpointError(f"checkpoint scaling is not valid: {exc}") from exc
+            if len(scaling.low) != n:
+                raise CheckpointError(f"checkpoint scaling does not match its {n} bands")
+
+    def scene_scaling(self) -> Scaling | None:
+        """The scaling classify must apply to every scene (``None``: the scene's own default).
+
+        A ``fixed`` or ``training`` scaling maps scene values to what the model was
+        trained on; a ``percentile`` one is re-estimated per scene, as classify does anyway.
+        """
+        if self.scaling is None or self.scaling.get("method") == "percentile":
+            return None
+        return Scaling.from_dict(self.scaling)
 
 
 @dataclass
@@ -100,7 +130,7 @@ def save_checkpoint(
     half: bool = False,
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Write a checkpoint atomically (temporary name, then rename).
+    """Write a checkpoint atomically (hidden temporary, fsync, rename; replaces ``path``).
 
     Args:
         half: store floating-point weights as fp16 (halves the size).
@@ -124,10 +154,9 @@ def save_checkpoint(
         "state_dict": state,
         **(extra or {}),
     }
-    path = Path(path)
     with atomic_file(path) as tmp:
         torch.save(payload, tmp)
-    return path
+    return Path(path)
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:

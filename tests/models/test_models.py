@@ -48,13 +48,25 @@ def test_mscn_resnet34_with_45_classes_matches_the_paper():
     assert abs(n - 22.1e6) / 22.1e6 < 0.02
 
 
-def test_gce_keeps_shape_and_enhances():
-    g = GCE(64, groups=8)
+def test_gce_scales_each_group_by_one_plus_its_spatial_mask():
+    torch.manual_seed(0)
+    g = GCE(64, groups=8).eval()
     x = torch.randn(2, 64, 5, 7)
-    out = g(x)
+    with torch.inference_mode():
+        out = g(x)
+        attended = x * torch.sigmoid(g.channel_mlp(x.mean((2, 3), keepdim=True)))
+        s = torch.sigmoid(g.spatial(attended))  # (2, 8, 5, 7), one map per group
     assert out.shape == x.shape
-    # (1 + mask) with mask in (0, 1]: each value grows by at most 2x its channel-attended self.
-    assert not torch.allclose(out, x)
+    ratio = (out / attended).reshape(2, 8, 8, 5, 7)
+    # One factor per group and pixel, shared by the group's 8 channels ...
+    torch.testing.assert_close(ratio, ratio[:, :, :1].expand_as(ratio))
+    factor = ratio[:, :, 0]
+    # ... equal to 2 where the map is above its per-sample mean, else 1 + s (in (1, 2)).
+    above = s > s.mean((2, 3), keepdim=True)
+    assert above.any() and (~above).any()
+    torch.testing.assert_close(factor[above], torch.full_like(factor[above], 2.0))
+    torch.testing.assert_close(factor[~above], 1 + s[~above])
+    assert (factor > 1).all() and (factor <= 2 + 1e-6).all()
 
 
 def test_checkpoint_round_trip_keeps_metadata_and_predictions(tmp_path):
@@ -84,14 +96,13 @@ def test_foreign_and_corrupt_checkpoints_are_refused(tmp_path):
         load_checkpoint(tmp_path / "missing.pt")
 
 
-def test_bundled_model_is_trained_small_and_loads_offline():
+def test_bundled_model_is_small_and_loads_offline():
     assert BUNDLED_MODEL.stat().st_size < 25e6
     loaded = load_checkpoint()
-    assert loaded.meta.trained
     assert loaded.arch == "mscn_resnet18"
     assert len(loaded.meta.class_names) == 21
-    assert loaded.meta.metrics["val_overall_accuracy"] >= 0.94
     assert loaded.meta.bands == ["red", "green", "blue"]
+    # What it can do is measured on real images below, not read from its own metadata.
 
 
 def test_bundled_model_recognises_real_uc_merced_images():
@@ -102,7 +113,9 @@ def test_bundled_model_recognises_real_uc_merced_images():
 
     # 3 images per class (chance is 1/21). The split shuffles each class with
     # the same seed, so these are the first 3 of the 16 validation images the
-    # model never trained on.
+    # model never trained on (the checkpoint predates stored validation lists).
     result = evaluate_folder(pool, split="val", val_fraction=0.04, seed=0, device="cpu")
     assert result["n_images"] == 63
-    assert result["overall_accuracy"] > 0.7
+    assert result["split_source"].startswith("stratified split rebuilt")
+    assert result["overall_accuracy"] > 0.8
+    assert result["mean_per_class_accuracy"] > 0.8
