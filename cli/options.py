@@ -104,8 +104,7 @@ def dataclass_options(
         kind = _value_type(owner, f.name)
         if kind is bool:
             flag = f"{flag}/--no-{flag.removeprefix('--')}"
-        made = from_field(owner, f.name, flag, given_only=True, note=notes.get(f.name, ""))
-        return Annotated[kind | None, made]
+        return from_field(owner, f.name, flag, given_only=True, note=notes.get(f.name, ""))
 
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
         signature = inspect.signature(func, eval_str=True)
@@ -115,7 +114,12 @@ def dataclass_options(
             if p.name != param
         ]
         added = [
-            inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=option_for(f))
+            inspect.Parameter(
+                f.name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=option_for(f),
+                annotation=_value_type(owner, f.name) | None,
+            )
             for f in fields
         ]
         names = {f.name for f in fields}

@@ -18,11 +18,18 @@ from mscn_geo_cli.app import app
 
 from mscn_geo.training import FINE_TUNE_DEFAULTS, TrainConfig
 
-_FINE_TUNE_NOTES = {name: f"; with --init: {value}" for name, value in FINE_TUNE_DEFAULTS.items()}
+# Flags that differ from the field names (kept from earlier releases).
+_FLAGS = {
+    "mixup_alpha": "--mixup",
+    "cutmix_alpha": "--cutmix",
+    "randaugment_magnitude": "--randaugment",
+    "pixel_size_m": "--pixel-size",
+}
+_FINE_TUNE_NOTES = {name: f"with --init: {value}" for name, value in FINE_TUNE_DEFAULTS.items()}
 
 
 @app.command()
-@opt.dataclass_options(TrainConfig, notes=_FINE_TUNE_NOTES)
+@opt.dataclass_options(TrainConfig, flags=_FLAGS, notes=_FINE_TUNE_NOTES)
 def train(
     data_dir: Annotated[
         Path | None,
@@ -37,32 +44,41 @@ def train(
         typer.Option(
             "--out",
             "-o",
+            metavar="PATH",
             help="Best checkpoint; also <out>_last.pt, _log.jsonl, _curve.png, _config.yaml.",
         ),
     ] = Path("model.pt"),
     dataset: Annotated[
         str | None,
         typer.Option(
-            "--dataset", help="torchgeo dataset already on disk: ucmerced, eurosat, resisc45."
+            "--dataset",
+            metavar="NAME",
+            help="torchgeo dataset already on disk: ucmerced, eurosat, resisc45.",
         ),
     ] = None,
     root: Annotated[
-        Path | None, typer.Option("--root", help="Folder holding --dataset (never downloaded).")
+        Path | None,
+        typer.Option("--root", metavar="DIR", help="Folder holding --dataset (never downloaded)."),
     ] = None,
     val_dir: Annotated[
         Path | None,
-        typer.Option("--val-dir", help="Validation folder (default: a stratified split)."),
+        typer.Option(
+            "--val-dir", metavar="DIR", help="Validation folder (default: a stratified split)."
+        ),
     ] = None,
     config: Annotated[
         Path | None,
         typer.Option(
-            "--config", help="YAML/TOML file of training options (command-line options win)."
+            "--config",
+            metavar="FILE",
+            help="YAML/TOML file of training options (command-line options win).",
         ),
     ] = None,
     resume: Annotated[
         Path | None,
         typer.Option(
             "--resume",
+            metavar="PATH",
             help="Continue an interrupted run from its <out>_last.pt, with its options; "
             "only --epochs, --time-budget-min, --device, --amp, --channels-last and "
             "--last-every-min may change.",

@@ -61,7 +61,7 @@ def probe_image(path: Path) -> ChipProbe:
             return ChipProbe(3, "uint8", None, im.width)
     import rasterio
 
-    from mscn_geo.predict import pixel_size_m
+    from mscn_geo.plan import pixel_size_m
 
     with rasterio.open(path) as src:
         size = pixel_size_m(src) if src.crs is not None else None

@@ -485,7 +485,7 @@ def test_cli_options_come_from_the_config_and_user_errors_exit_2(tmp_path, capsy
     help_text = " ".join(
         CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "250"}).output.split()
     )
-    assert f"(default: {TrainConfig().epochs}; with --init: 6)" in help_text
+    assert f"[default: {TrainConfig().epochs}; with --init: 6]" in help_text
     assert "--mixup" in help_text and "--pixel-size" in help_text
     data = _chips(tmp_path / "data", per_class=2)
     for args, text in [

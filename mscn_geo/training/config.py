@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mscn_geo.errors import OptionError
+from mscn_geo.fields import option
 
 __all__ = [
     "FINE_TUNE_DEFAULTS",
@@ -29,63 +30,62 @@ __all__ = [
 ]
 
 
-def _opt(default: Any, help_: str, flag: str | None = None) -> Any:
-    return field(default=default, metadata={"help": help_, **({"flag": flag} if flag else {})})
-
-
 @dataclass
 class TrainConfig:
     """Every training knob. Defaults: the authors' recipe, scaled for scratch training."""
 
-    arch: str = _opt("mscn_resnet18", "Architecture: mscn_resnet18/34/50 or resnet18/34/50.")
-    input_size: int | None = _opt(
+    arch: str = option("mscn_resnet18", help="Architecture: mscn_resnet18/34/50 or resnet18/34/50.")
+    input_size: int | None = option(
         None,
-        "Training chip size in px = the model's tile size. "
+        help="Training chip size in px = the model's tile size. "
         "Default: the chips' tile size from chips.json, else 256.",
     )
-    epochs: int = _opt(300, "Epochs (at least 1).")
-    batch_size: int = _opt(64, "Batch size.")
-    lr: float = _opt(2e-3, "Peak AdamW learning rate (of the head when fine-tuning).")
-    min_lr: float = _opt(1e-5, "Learning rate at the end of the cosine schedule.")
-    weight_decay: float = _opt(0.05, "AdamW weight decay.")
-    warmup_epochs: int = _opt(5, "Linear warm-up epochs.")
-    label_smoothing: float = _opt(0.1, "Label smoothing.")
-    mixup_alpha: float = _opt(0.8, "MixUp alpha, 0 = off.", flag="--mixup")
-    cutmix_alpha: float = _opt(1.0, "CutMix alpha, 0 = off.", flag="--cutmix")
-    mix_prob: float = _opt(1.0, "Share of batches that get MixUp or CutMix.")
-    randaugment_magnitude: int = _opt(9, "RandAugment magnitude 0..30, 0 = off.", "--randaugment")
-    crop_scale_min: float = _opt(0.35, "Smallest random crop, as a share of the chip's area.")
-    random_erasing: float = _opt(0.25, "Random erasing probability.")
-    drop_rate: float = _opt(0.0, "Dropout before the classifier.")
-    ema_decay: float = _opt(0.0, "EMA of weights, 0 = off.")
-    val_fraction: float = _opt(
-        0.2, "Share of each class kept for validation (without chips.json or a validation folder)."
+    epochs: int = option(300, help="Epochs (at least 1).")
+    batch_size: int = option(64, help="Batch size.")
+    lr: float = option(2e-3, help="Peak AdamW learning rate (of the head when fine-tuning).")
+    min_lr: float = option(1e-5, help="Learning rate at the end of the cosine schedule.")
+    weight_decay: float = option(0.05, help="AdamW weight decay.")
+    warmup_epochs: int = option(5, help="Linear warm-up epochs.")
+    label_smoothing: float = option(0.1, help="Label smoothing.")
+    mixup_alpha: float = option(0.8, help="MixUp alpha, 0 = off.")
+    cutmix_alpha: float = option(1.0, help="CutMix alpha, 0 = off.")
+    mix_prob: float = option(1.0, help="Share of batches that get MixUp or CutMix.")
+    randaugment_magnitude: int = option(9, help="RandAugment magnitude 0..30, 0 = off.")
+    crop_scale_min: float = option(
+        0.35, help="Smallest random crop, as a share of the chip's area."
     )
-    seed: int = _opt(0, "Random seed.")
-    device: str = _opt("auto", "auto (CUDA if available), cpu, cuda or cuda:N.")
-    amp: bool | None = _opt(None, "Mixed precision. Default: on with CUDA, off on CPU.")
-    channels_last: bool = _opt(True, "channels_last memory format on CUDA.")
-    time_budget_min: float | None = _opt(
-        None, "Stop within this many minutes: the schedule is fitted after the first epoch."
+    random_erasing: float = option(0.25, help="Random erasing probability.")
+    drop_rate: float = option(0.0, help="Dropout before the classifier.")
+    ema_decay: float = option(0.0, help="EMA of weights, 0 = off.")
+    val_fraction: float = option(
+        0.2,
+        help="Share of each class kept for validation (without chips.json or a validation folder).",
     )
-    pixel_size_m: float | None = _opt(
+    seed: int = option(0, help="Random seed.")
+    device: str = option("auto", help="auto (CUDA if available), cpu, cuda or cuda:N.")
+    amp: bool | None = option(None, help="Mixed precision. Default: on with CUDA, off on CPU.")
+    channels_last: bool = option(True, help="channels_last memory format on CUDA.")
+    time_budget_min: float | None = option(
+        None, help="Stop within this many minutes: the schedule is fitted after the first epoch."
+    )
+    pixel_size_m: float | None = option(
         None,
-        "Pixel size of the training chips in m. Default: from chips.json or georeferenced "
+        help="Pixel size of the training chips in m. Default: from chips.json or georeferenced "
         "chips, else 0.3 (UC Merced).",
-        flag="--pixel-size",
     )
-    init: str | None = _opt(
+    init: str | None = option(
         None,
-        "Fine-tune from 'bundled' or a checkpoint (.pt): new head for the classes found, "
+        help="Fine-tune from 'bundled' or a checkpoint (.pt): new head for the classes found, "
         "backbone at a lower learning rate, CPU-sized default schedule.",
     )
-    init_backbone: str | None = _opt(
-        None, "Local ResNet weights (torchvision/timm/torchgeo/ours) for the backbone."
+    init_backbone: str | None = option(
+        None, help="Local ResNet weights (torchvision/timm/torchgeo/ours) for the backbone."
     )
-    backbone_lr_scale: float = _opt(1.0, "Backbone learning rate as a share of lr.")
-    freeze_epochs: int = _opt(0, "Epochs with the backbone frozen at the start.")
-    last_every_min: float = _opt(
-        10.0, "Write the resumable <out>_last.pt at most every this many minutes (and at the end)."
+    backbone_lr_scale: float = option(1.0, help="Backbone learning rate as a share of lr.")
+    freeze_epochs: int = option(0, help="Epochs with the backbone frozen at the start.")
+    last_every_min: float = option(
+        10.0,
+        help="Write the resumable <out>_last.pt at most every this many minutes (and at the end).",
     )
     arch_kwargs: dict[str, Any] = field(default_factory=dict, metadata={"cli": False})
 
