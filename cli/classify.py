@@ -21,6 +21,7 @@ def classify(
         typer.Argument(
             metavar="SCENES",
             help="Scenes: files, glob patterns, folders (their .tif/.tiff/.vrt files), "
+            "http(s):// URLs, s3:// or /vsi... paths (read by byte ranges), "
             "or - to read paths from stdin.",
             show_default=False,
         ),
@@ -76,6 +77,7 @@ def classify(
     from mscn_geo.errors import MscnGeoError
     from mscn_geo.models import load_checkpoint
     from mscn_geo.options import ClassifyOptions
+    from mscn_geo.remote import scene_name
 
     options = ClassifyOptions(
         tile_size=tile_size,
@@ -96,9 +98,9 @@ def classify(
     show_bar = not quiet and sys.stderr.isatty()
 
     @contextlib.contextmanager
-    def progress_for(scene: Path) -> Iterator:
+    def progress_for(scene: Path | str) -> Iterator:
         with tqdm(
-            total=0, desc=scene.name, unit="tile", disable=not show_bar, file=sys.stderr,
+            total=0, desc=scene_name(scene), unit="tile", disable=not show_bar, file=sys.stderr,
             leave=False,
         ) as bar:  # fmt: skip
 

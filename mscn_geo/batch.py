@@ -26,6 +26,7 @@ from mscn_geo.options import ClassifyOptions
 from mscn_geo.outputs import SceneResult
 from mscn_geo.plan import check_scene_list
 from mscn_geo.predict import ProgressCallback
+from mscn_geo.remote import as_scene, is_remote
 
 __all__ = [
     "SCENE_SUFFIXES",
@@ -41,19 +42,23 @@ SCENE_SUFFIXES = (".tif", ".tiff", ".vrt")
 _GLOB_CHARS = set("*?[")
 
 
-def expand_scenes(args: Iterable[str | Path], stdin: TextIO | None = None) -> list[Path]:
+def expand_scenes(args: Iterable[str | Path], stdin: TextIO | None = None) -> list[Path | str]:
     """Scene paths from the command-line arguments, in order, without duplicates.
+
+    Remote scenes (``http(s)://``, ``s3://``, ``/vsi...``) pass through as strings.
 
     Raises:
         InputError: a glob or folder that matches nothing, or no scene at all.
     """
-    scenes: list[Path] = []
+    scenes: list[Path | str] = []
     for arg in args:
         text = str(arg)
         if text == "-":
             if stdin is None:
                 raise InputError("'-' given but there is no standard input to read paths from")
-            scenes.extend(Path(line.strip()) for line in stdin if line.strip())
+            scenes.extend(as_scene(line.strip()) for line in stdin if line.strip())
+        elif is_remote(text):
+            scenes.append(text)
         elif _GLOB_CHARS & set(text) and not Path(text).exists():
             matches = sorted(glob.glob(text, recursive=True))
             if not matches:

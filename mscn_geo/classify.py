@@ -19,6 +19,7 @@ from mscn_geo.options import ClassifyOptions
 from mscn_geo.outputs import SceneResult, tiles_frame, write_class_raster
 from mscn_geo.plan import ScenePlan, crs_name, plan_scene
 from mscn_geo.predict import Predictor, ProgressCallback, predict_tiles
+from mscn_geo.remote import as_scene, remote_access
 
 __all__ = ["classify_scene", "make_out_dir"]
 
@@ -69,11 +70,24 @@ def classify_scene(
     Raises:
         InputError, OptionError, OutputError (see :mod:`mscn_geo.errors`).
     """
-    from mscn_geo.io import atomic_outputs, class_colours, output_paths, write_tiles_gpkg
-
     options.check()
     start = time.perf_counter()
-    scene = Path(scene)
+    scene = as_scene(scene)  # a URL stays a string (mscn_geo.remote)
+    with remote_access(scene):
+        return _classify(scene, model, options, progress, plan, predictor, start)
+
+
+def _classify(
+    scene: Path | str,
+    model: LoadedModel,
+    options: ClassifyOptions,
+    progress: ProgressCallback | None,
+    plan: ScenePlan | None,
+    predictor: Predictor | None,
+    start: float,
+) -> SceneResult:
+    from mscn_geo.io import atomic_outputs, class_colours, output_paths, write_tiles_gpkg
+
     if plan is None:
         plan = plan_scene(scene, model.meta, options)
     info, grid = plan.info, plan.grid

@@ -228,10 +228,10 @@ def check_scene_list(scenes: list[Path], out_dir: Path) -> None:
 
     seen: dict[Path, Path] = {}
     for scene in scenes:
-        gpkg = output_paths(Path(scene), Path(out_dir))["gpkg"]
+        gpkg = output_paths(scene, Path(out_dir))["gpkg"]
         if gpkg in seen:
             raise OptionError(
                 f"{seen[gpkg]} and {scene} would both write {gpkg}; classify them into "
                 "different --out folders"
             )
-        seen[gpkg] = Path(scene)
+        seen[gpkg] = scene

@@ -23,6 +23,7 @@ from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
 from mscn_geo.errors import InputError, OptionError
+from mscn_geo.remote import as_scene
 from mscn_geo.scaling import Scaling, estimate_percentiles, fixed_scaling, parse_scale
 from mscn_geo.tiling import Tile
 
@@ -46,7 +47,7 @@ class SceneInfo:
             ``None``/1.0: no resampling.
     """
 
-    path: Path
+    path: Path | str  # str: a remote scene (mscn_geo.remote)
     width: int
     height: int
     count: int
@@ -87,7 +88,12 @@ def _first_line(exc: BaseException, default: str = "unknown error") -> str:
     return text[:160] if text else default
 
 
-def _open(path: Path) -> rasterio.DatasetReader:
+def _open(path: Path | str) -> rasterio.DatasetReader:
+    if isinstance(path, str):  # remote: only GDAL can tell what is wrong
+        try:
+            return rasterio.open(path)
+        except (RasterioError, OSError) as exc:
+            raise InputError(f"{path} cannot be opened ({_first_line(exc)})") from exc
     if not path.exists():
         raise InputError(f"scene not found: {path}")
     if path.is_dir():
@@ -190,7 +196,7 @@ def open_scene(
         InputError: missing, not a raster, corrupt, no CRS, too few bands.
         OptionError: ``bands`` of the wrong length or out of range, bad ``scale``.
     """
-    path = Path(path)
+    path = as_scene(path)
     bounds = parse_scale(scale)
     ds = _open(path)
     with ds:

@@ -58,7 +58,9 @@ RESUME_CHUNK_BATCHES = 4  # batches per resume-journal chunk
 
 def journal_dir(scene: Path, out_dir: Path) -> Path:
     """``<out_dir>/.<scene stem>.mscn-resume``."""
-    return Path(out_dir) / f".{Path(scene).stem}{JOURNAL_SUFFIX}"
+    from mscn_geo.remote import scene_stem
+
+    return Path(out_dir) / f".{scene_stem(scene)}{JOURNAL_SUFFIX}"
 
 
 def model_digest(path: Path | None, state: dict[str, Any] | None = None) -> str:
@@ -75,7 +77,11 @@ def model_digest(path: Path | None, state: dict[str, Any] | None = None) -> str:
     return digest.hexdigest()
 
 
-def scene_fingerprint(scene: Path) -> dict[str, Any]:
+def scene_fingerprint(scene: Path | str) -> dict[str, Any]:
+    from mscn_geo.remote import is_remote
+
+    if is_remote(scene):  # no cheap, reliable size/mtime: the URL identifies it
+        return {"scene": str(scene)}
     stat = Path(scene).stat()
     return {
         "scene": str(Path(scene).resolve()),

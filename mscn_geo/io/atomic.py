@@ -51,7 +51,7 @@ def style_sidecar(path: Path) -> Path:
     return Path(path).with_suffix(".qml")
 
 
-def output_paths(scene: Path, out_dir: Path) -> dict[str, Path]:
+def output_paths(scene: Path | str, out_dir: Path) -> dict[str, Path]:
     """Final output paths for one scene.
 
     Returns ``{'gpkg': out/<stem>.gpkg, 'raster': out/<stem>_classes.tif,
@@ -61,7 +61,9 @@ def output_paths(scene: Path, out_dir: Path) -> dict[str, Path]:
     classes). :class:`~mscn_geo.io.raster.ClassRasterWriter` writes both next to
     the raster's temporary, at the temporaries :func:`atomic_outputs` gives for them.
     """
-    stem = Path(scene).stem
+    from mscn_geo.remote import scene_stem
+
+    stem = scene_stem(scene)  # a URL's file name for a remote scene
     out_dir = Path(out_dir)
     raster = out_dir / f"{stem}_classes.tif"
     return {
