@@ -42,6 +42,8 @@ def classify(
     overwrite: opt.Overwrite = False,
     skip_existing: opt.SkipExisting = False,
     resume: opt.Resume = False,
+    stac: opt.Stac = False,
+    assets: opt.Assets = None,
     keep_going: opt.KeepGoing = False,
     json_out: opt.Json = False,
     quiet: opt.Quiet = False,
@@ -94,6 +96,8 @@ def classify(
         pad=not no_pad,
         resample=resample,
         resume=resume,
+        stac=stac,
+        assets=assets,
     )
     show_bar = not quiet and sys.stderr.isatty()
 
@@ -169,6 +173,8 @@ def _print_summary(summary: dict) -> None:
         f"  raster:  {summary['outputs']['raster']}",
         f"  model:   {model['label']}",
     ]
+    if "stac" in summary["outputs"]:
+        lines.append(f"  stac:    {summary['outputs']['stac']}")
     if not model["trained"]:
         lines.append("  NOTE: the model is an UNTRAINED placeholder: its classes are meaningless")
     print("\n".join(lines), flush=True)

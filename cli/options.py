@@ -269,3 +269,20 @@ KeepGoing = Annotated[
         "--keep-going", help="Go on after a failing scene; the exit code is 2 if any failed."
     ),
 ]
+Stac = Annotated[
+    bool,
+    typer.Option(
+        "--stac",
+        help="Also write <scene>.stac.json: a STAC Item of the outputs (footprint in "
+        "EPSG:4326, projection and classification extensions, assets with roles).",
+    ),
+]
+Assets = Annotated[
+    str | None,
+    typer.Option(
+        "--assets",
+        metavar="KEYS",
+        help="For a STAC Item scene: comma-separated asset keys to read as the model's bands, "
+        "in order (e.g. red,green,blue or B04,B03,B02). Default: its visual asset.",
+    ),
+]

@@ -20,6 +20,7 @@ from mscn_geo.outputs import SceneResult, tiles_frame, write_class_raster
 from mscn_geo.plan import ScenePlan, crs_name, plan_scene
 from mscn_geo.predict import Predictor, ProgressCallback, predict_tiles
 from mscn_geo.remote import as_scene, remote_access
+from mscn_geo.stac_out import build_stac_item, stac_item_path, write_stac_item
 
 __all__ = ["classify_scene", "make_out_dir"]
 
@@ -94,6 +95,8 @@ def _classify(
     warnings = list(plan.warnings)
     out_dir = make_out_dir(options.out_dir)
     paths = output_paths(scene, out_dir)
+    if options.stac:
+        paths["stac"] = stac_item_path(scene, out_dir)
     names = list(paths)
     meta = model.meta
     remove_stale_temporaries(list(paths.values()))
@@ -122,6 +125,12 @@ def _classify(
             warnings.append("scene is entirely nodata: no tile was classified")
         write_tiles_gpkg(tmp["gpkg"], frame, meta.class_names, class_colours(meta.class_names))
         write_class_raster(tmp["raster"], info, grid, result, meta)
+        if options.stac:  # last: it lists the outputs written
+            written = {k: paths[k] for k in names if k != "stac" and tmp[k].exists()}
+            item = build_stac_item(
+                scene, info, meta, written, paths["stac"], model_label=model.label
+            )
+            write_stac_item(tmp["stac"], item)
     if journal is not None:
         journal.remove()
     classified = len(frame)
@@ -143,6 +152,6 @@ def _classify(
         model_path=str(model.path) if model.path else "<memory>",
         model_label=model.label,
         trained=meta.trained,
-        outputs={k: Path(v) for k, v in paths.items() if k in ("gpkg", "raster")},
+        outputs={k: Path(v) for k, v in paths.items() if k in ("gpkg", "raster", "stac")},
         warnings=warnings,
     )

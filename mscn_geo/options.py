@@ -39,6 +39,10 @@ class ClassifyOptions:
             number of scene pixels, resampled to the tile size).
         resume: keep finished tiles in a journal next to the outputs and continue
             from it (:mod:`mscn_geo.resume`).
+        stac: also write ``<scene>.stac.json``, a STAC Item of the outputs
+            (:mod:`mscn_geo.stac_out`).
+        assets: for a STAC Item given as scene, the asset keys to read as bands,
+            in the model's band order; ``None``: its visual asset (:mod:`mscn_geo.stac_in`).
     """
 
     tile_size: int | None = None
@@ -57,6 +61,8 @@ class ClassifyOptions:
     pad: bool = True
     resample: bool = False
     resume: bool = False
+    stac: bool = False
+    assets: list[str] | str | None = None
 
     def check(self) -> None:
         """Raise :class:`~mscn_geo.errors.OptionError` for a value no scene could use."""
