@@ -163,9 +163,11 @@ def _print_summary(summary: dict) -> None:
     model = summary["model"]
     counts = {k: v for k, v in summary["per_class"].items() if v}
     top = ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
+    taken = summary["from_journal"]
+    journal = f", {taken} from the resume journal" if taken else ""
     lines = [
         f"{summary['scene']}: {summary['classified']} of {summary['tiles']} tiles classified "
-        f"({summary['skipped']} nodata skipped, {summary['padded']} padded) in "
+        f"({summary['skipped']} nodata skipped, {summary['padded']} padded{journal}) in "
         f"{summary['seconds']:.1f} s, {summary['tiles_per_s']:.1f} tiles/s on {summary['device']}"
         f" (AMP {summary['amp']})",
         f"  classes: {top or 'none'}",

@@ -13,13 +13,14 @@ from pathlib import Path
 
 from mscn_geo.device import amp_name
 from mscn_geo.errors import OptionError, OutputError
-from mscn_geo.io.atomic import check_destination, remove_stale_temporaries
+from mscn_geo.io.atomic import claim_outputs, remove_stale_temporaries
 from mscn_geo.models.checkpoint import LoadedModel
 from mscn_geo.options import ClassifyOptions
 from mscn_geo.outputs import SceneResult, tiles_frame, write_class_raster
 from mscn_geo.plan import ScenePlan, crs_name, plan_scene
 from mscn_geo.predict import Predictor, ProgressCallback, predict_tiles
 from mscn_geo.remote import as_scene, remote_access
+from mscn_geo.resume import predict_resumable, run_journal
 from mscn_geo.stac_out import build_stac_item, stac_item_path, write_stac_item
 
 __all__ = ["classify_scene", "make_out_dir"]
@@ -99,31 +100,26 @@ def _classify(
         paths["stac"] = stac_item_path(scene, out_dir)
     names = list(paths)
     meta = model.meta
-    remove_stale_temporaries(list(paths.values()))
-    journal = None
-    overwrite = options.overwrite
-    if options.resume:
-        from mscn_geo.resume import Journal, journal_dir, run_fingerprint
-
-        folder = journal_dir(scene, out_dir)
-        # Outputs next to a journal are from the run being resumed (killed while
-        # renaming them): they are replaced.
-        overwrite = overwrite or folder.exists()
-        if not overwrite:
-            check_destination(list(paths.values()), overwrite=False)
-        journal = Journal.open(folder, run_fingerprint(scene, plan, model, options))
-    with atomic_outputs(list(paths.values()), overwrite=overwrite) as temps:
+    finals = list(paths.values())
+    remove_stale_temporaries(out_dir)
+    with (
+        claim_outputs(finals),
+        run_journal(scene, plan, model, options, finals) as journal,
+        atomic_outputs(
+            finals, overwrite=options.overwrite or bool(journal and journal.replaces_outputs)
+        ) as temps,
+    ):
         tmp = dict(zip(names, temps, strict=True))
         if journal is None:
-            result, device, amp = (predictor or predict_tiles)(info, grid, model, options, progress)
+            predict = predictor or predict_tiles
+            result, device, amp = predict(info, grid, model, options, progress)
         else:
-            from mscn_geo.resume import predict_resumable
-
             result, device, amp = predict_resumable(info, grid, model, options, progress, journal)
         frame = tiles_frame(info, result, meta.class_names)
         if frame.empty:
             warnings.append("scene is entirely nodata: no tile was classified")
-        write_tiles_gpkg(tmp["gpkg"], frame, meta.class_names, class_colours(meta.class_names))
+        colours = class_colours(meta.class_names)
+        write_tiles_gpkg(tmp["gpkg"], frame, meta.class_names, colours)
         write_class_raster(tmp["raster"], info, grid, result, meta)
         if options.stac:  # last: it lists the outputs written
             written = {k: paths[k] for k in names if k != "stac" and tmp[k].exists()}
@@ -131,12 +127,13 @@ def _classify(
                 scene, info, meta, written, paths["stac"], model_label=model.label
             )
             write_stac_item(tmp["stac"], item)
-    if journal is not None:
-        journal.remove()
+        if journal is not None:
+            journal.mark_complete()
     classified = len(frame)
     counts = {name: 0 for name in meta.class_names}
     for name in frame["class_name"]:
         counts[name] += 1
+    from_journal = journal.taken if journal is not None else 0
     return SceneResult(
         scene=scene,
         crs=crs_name(info) or "none (pixel coordinates)",
@@ -154,4 +151,6 @@ def _classify(
         trained=meta.trained,
         outputs={k: Path(v) for k, v in paths.items() if k in ("gpkg", "raster", "stac")},
         warnings=warnings,
+        from_journal=from_journal,
+        computed=classified - (journal.taken_classified if journal is not None else 0),
     )

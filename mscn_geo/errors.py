@@ -49,9 +49,17 @@ class DatasetError(MscnGeoError):
 class Interrupted(MscnGeoError):
     """The run was stopped by SIGINT (exit 130) or SIGTERM (exit 143)."""
 
-    def __init__(self, signum: int) -> None:
+    def __init__(self, signum: int, journal: object | None = None) -> None:
         import signal
 
         name = signal.Signals(signum).name
-        super().__init__(f"interrupted by {name}; no partial outputs were left")
+        message = f"interrupted by {name}; no partial outputs were left"
+        if journal is not None:
+            message += (
+                f"; the finished tiles are kept in the resume journal {journal}: run the "
+                "same command again with resume=True to continue"
+            )
+        super().__init__(message, field="resume" if journal is not None else ())
+        self.signum = signum
+        self.journal = journal
         self.exit_code = 128 + signum

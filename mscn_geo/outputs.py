@@ -40,10 +40,16 @@ class SceneResult:
     trained: bool
     outputs: dict[str, Path]
     warnings: list[str]
+    #: Tiles taken from a resume journal (finished by an earlier, interrupted run).
+    from_journal: int = 0
+    #: Tiles classified by this run; ``None``: all of ``classified``.
+    computed: int | None = None
 
     @property
     def tiles_per_s(self) -> float:
-        return self.classified / self.seconds if self.seconds > 0 else 0.0
+        """Tiles classified per second by this run (tiles from a journal not counted)."""
+        computed = self.classified if self.computed is None else self.computed
+        return computed / self.seconds if self.seconds > 0 else 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -54,6 +60,7 @@ class SceneResult:
             "classified": self.classified,
             "skipped": self.skipped,
             "padded": self.padded,
+            "from_journal": self.from_journal,
             "per_class": dict(self.per_class),
             "seconds": round(self.seconds, 3),
             "tiles_per_s": round(self.tiles_per_s, 2),

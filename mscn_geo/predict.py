@@ -192,7 +192,6 @@ def predict_tiles(
             # for the next record, so records stay in grid order.
             before = [i for i in skipped if i < end]
             skipped[:] = [i for i in skipped if i >= end]
-            tick(len(index))
             emit(
                 BatchRecord(
                     index,
@@ -204,6 +203,7 @@ def predict_tiles(
                     end,
                 )
             )
+            tick(len(index))  # after the hooks: what progress counts is recorded
         if skipped:
             k = model.meta.num_classes
             emit(

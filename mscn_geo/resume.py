@@ -1,27 +1,39 @@
 """Resumable runs: a journal of finished tiles next to a scene's outputs.
 
-With ``--resume`` a scene's tiles are classified in fixed chunks (tile ``k*C``
-to ``(k+1)*C - 1`` of the grid, ``C`` a whole number of batches) and each
-finished chunk's results (class ids, probabilities, nodata fractions) are
-stored in the hidden folder ``<out>/.<scene stem>.mscn-resume/`` as
-``chunk-<k>.npz``, written under a temporary name, flushed and renamed, so a
-chunk file is complete or absent whatever kills the process (even SIGKILL or
-a power cut). A run started again with the same arguments reads the chunks,
-classifies only the missing ones (with the same chunk boundaries, so every
-batch is the same as in an uninterrupted run) and writes the outputs from the
-union; the journal is removed once the outputs are in place.
+With ``resume`` every finished batch is appended, from inside the prediction
+loop (:func:`~mscn_geo.predict.predict_tiles`' ``on_batch``), to the log
+``tiles.log`` in the hidden folder ``<out>/.<scene stem>.mscn-resume/``: its
+tiles' grid indexes, probabilities and nodata fractions, and the all-nodata
+tiles finished with it. Records come in grid order and each covers the tiles
+up to its ``end`` without gap; each carries a CRC-32, so a record torn by
+SIGKILL or a power cut is detected and dropped with everything after it.
+
+A run started again with the same arguments takes the finished prefix from the
+log and runs the model from the first tile after it. Batches are consecutive
+readable tiles in grid order, so the resumed run's batches are exactly those
+of an uninterrupted run: the outputs are byte-identical.
 
 The journal's ``fingerprint.json`` records what the results depend on: the
-scene (resolved path, size, modification time), the model file's SHA-256 and
-the options. A journal with another fingerprint is refused with a message that
-names what changed, never silently mixed in.
+scene (resolved path, size, modification time), the model's SHA-256 and the
+options. A journal with another fingerprint is refused with a message that
+names what changed, never silently mixed in. Once the outputs are complete
+under their temporary names the journal is marked ``complete`` (outputs that
+exist next to a complete journal are this run's, killed while renaming them,
+and are replaced); it is removed once they are in place. A successful run
+without ``resume`` removes a journal of its outputs: it would describe an
+older run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import shutil
+import struct
+import time
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,29 +43,51 @@ import numpy as np
 import torch
 
 from mscn_geo.device import amp_name, autocast_dtype, resolve_device
-from mscn_geo.errors import OptionError, OutputError
-from mscn_geo.io.atomic import atomic_file
+from mscn_geo.errors import Interrupted, OptionError, OutputError
+from mscn_geo.io.atomic import atomic_file, check_destination
 from mscn_geo.models.checkpoint import LoadedModel
 from mscn_geo.options import ClassifyOptions
 from mscn_geo.plan import ScenePlan
-from mscn_geo.predict import ProgressCallback, TileResult, predict_tiles
+from mscn_geo.predict import BatchRecord, ProgressCallback, TileResult, predict_tiles
 from mscn_geo.reader import SceneInfo
 from mscn_geo.tiling import TileGrid
 
 __all__ = [
     "JOURNAL_SUFFIX",
     "Journal",
+    "JournalRecord",
     "journal_dir",
     "model_digest",
     "predict_resumable",
     "run_fingerprint",
+    "run_journal",
     "scene_fingerprint",
 ]
 
 JOURNAL_SUFFIX = ".mscn-resume"
 FINGERPRINT = "fingerprint.json"
-_FORMAT = 1
-RESUME_CHUNK_BATCHES = 4  # batches per resume-journal chunk
+LOG = "tiles.log"
+COMPLETE = "complete"
+_FORMAT = 2
+_HEADER = struct.Struct("<4sqii")  # magic, end, classified tiles m, skipped tiles s
+_MAGIC = b"MSCN"
+_CRC = struct.Struct("<I")
+#: The log is flushed to disk (fdatasync) at most this often; a torn tail is
+#: detected by its CRC, so syncing less often only loses more work on a power cut.
+SYNC_EVERY_S = 1.0
+
+# Fingerprint option keys -> the ClassifyOptions field a user changes to change them.
+_OPTION_FIELDS = {
+    "bands": "bands",
+    "tile": "tile_size",
+    "stride": "stride",
+    "read_tile": "resample",
+    "scaling": "scale",
+    "allow_no_crs": "allow_no_crs",
+    "batch_size": "batch_size",
+    "device": "device",
+    "amp": "amp",
+}
 
 
 def journal_dir(scene: Path, out_dir: Path) -> Path:
@@ -90,19 +124,91 @@ def scene_fingerprint(scene: Path | str) -> dict[str, Any]:
     }
 
 
-def _write_atomic(path: Path, write: Any) -> None:
-    with atomic_file(path) as tmp, open(tmp, "wb") as f:
-        write(f)
+def run_fingerprint(
+    scene: Path, plan: ScenePlan, model: LoadedModel, options: ClassifyOptions
+) -> dict[str, Any]:
+    """What must be the same for a journal to be continued: scene, model, options."""
+    info, grid = plan.info, plan.grid
+    device = resolve_device(options.device)
+    return {
+        **scene_fingerprint(scene),
+        "model_sha256": model_digest(model.path, None if model.path else model.model.state_dict()),
+        "num_classes": model.meta.num_classes,
+        "options": {
+            "bands": info.band_indexes,
+            "tile": grid.tile,
+            "stride": grid.stride,
+            "tiles": len(grid),
+            "read_tile": info.read_tile,
+            "scaling": info.scaling.to_dict() if info.scaling else None,
+            "allow_no_crs": options.allow_no_crs,
+            "batch_size": options.batch_size,
+            "device": device.type,
+            "amp": amp_name(autocast_dtype(device, options.amp)),
+        },
+    }
+
+
+def _changed(old: dict[str, Any], new: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """(what changed in words, the option fields among them)."""
+    words, fields = [], []
+    for key in sorted(set(old) | set(new)):
+        if key == "options" and isinstance(old.get(key), dict):
+            before, after = old[key], new[key]
+            for name in sorted(set(before) | set(after)):
+                field = _OPTION_FIELDS.get(name)
+                if field and before.get(name) != after.get(name) and field not in fields:
+                    fields.append(field)
+            if not fields and before != after:
+                words.append("options")
+        elif old.get(key) != new.get(key):
+            words.append(key)
+    return fields + words, fields
 
 
 @dataclass
-class ChunkResult:
-    """Results of one chunk: tile indexes into the grid and their values."""
+class JournalRecord:
+    """One record of the log: a finished batch (see :class:`~mscn_geo.predict.BatchRecord`)."""
 
-    index: np.ndarray  # (m,) int64
-    class_ids: np.ndarray  # (m,) uint8
+    index: np.ndarray  # (m,) int64 flat grid indexes
     probs: np.ndarray  # (m, classes) float32
     nodata_fraction: np.ndarray  # (m,) float32
+    skipped: np.ndarray  # (s,) int64 flat indexes of all-nodata tiles
+    end: int
+
+
+def _encode(record: BatchRecord) -> bytes:
+    body = b"".join(
+        (
+            _HEADER.pack(_MAGIC, record.end, len(record.index), len(record.skipped)),
+            np.ascontiguousarray(record.index, dtype="<i8").tobytes(),
+            np.ascontiguousarray(record.probs, dtype="<f4").tobytes(),
+            np.ascontiguousarray(record.nodata_fraction, dtype="<f4").tobytes(),
+            np.ascontiguousarray(record.skipped, dtype="<i8").tobytes(),
+        )
+    )
+    return body + _CRC.pack(zlib.crc32(body))
+
+
+def _decode(data: bytes, k: int) -> Iterator[tuple[int, JournalRecord]]:
+    """``(offset after the record, record)`` for the intact prefix of ``data``."""
+    pos, end = 0, 0
+    while pos + _HEADER.size <= len(data):
+        magic, rec_end, m, s = _HEADER.unpack_from(data, pos)
+        size = _HEADER.size + 8 * m + 4 * m * k + 4 * m + 8 * s
+        if magic != _MAGIC or m < 0 or s < 0 or pos + size + _CRC.size > len(data):
+            return
+        body = data[pos : pos + size]
+        (crc,) = _CRC.unpack_from(data, pos + size)
+        if zlib.crc32(body) != crc or rec_end <= end:
+            return
+        at = _HEADER.size
+        index = np.frombuffer(body, "<i8", m, at)
+        probs = np.frombuffer(body, "<f4", m * k, at + 8 * m).reshape(m, k)
+        fraction = np.frombuffer(body, "<f4", m, at + 8 * m + 4 * m * k)
+        skipped = np.frombuffer(body, "<i8", s, at + 8 * m + 4 * m * k + 4 * m)
+        pos, end = pos + size + _CRC.size, rec_end
+        yield pos, JournalRecord(index, probs, fraction, skipped, rec_end)
 
 
 class Journal:
@@ -111,6 +217,17 @@ class Journal:
     def __init__(self, folder: Path, fingerprint: dict[str, Any]) -> None:
         self.folder = Path(folder)
         self.fingerprint = {"format": _FORMAT, **fingerprint}
+        self.num_classes = int(fingerprint.get("num_classes", 0))
+        #: Tiles taken from the log by :meth:`load` (classified and skipped).
+        self.taken = 0
+        #: Classified tiles among them.
+        self.taken_classified = 0
+        #: Tiles appended by this run.
+        self.appended = 0
+        #: Outputs found next to the journal are its interrupted run's own.
+        self.replaces_outputs = False
+        self._fd: int | None = None
+        self._synced = 0.0
 
     @classmethod
     def open(cls, folder: Path, fingerprint: dict[str, Any]) -> Journal:
@@ -128,99 +245,140 @@ class Journal:
             except (OSError, ValueError):
                 old = {}
             if old != journal.fingerprint:
-                changed = sorted(
-                    k
-                    for k in set(old) | set(journal.fingerprint)
-                    if old.get(k) != journal.fingerprint.get(k)
-                )
+                words, fields = _changed(old, journal.fingerprint)
                 raise OptionError(
                     f"{journal.folder} is the resume journal of a different run "
-                    f"({', '.join(changed) or 'unreadable'} changed); run again with the "
-                    "same scene, model and options, or delete that folder to start over"
+                    f"({', '.join(words) or 'unreadable'} changed); run again with the "
+                    "same scene, model and options, or delete that folder to start over",
+                    field=tuple(fields),
                 )
             return journal
         try:
-            journal.folder.mkdir(parents=True, exist_ok=True)
+            if journal.folder.exists():  # a folder without fingerprint: never usable
+                shutil.rmtree(journal.folder)
+            journal.folder.mkdir(parents=True)
             body = json.dumps(journal.fingerprint, indent=1, sort_keys=True).encode()
-            _write_atomic(found, lambda f: f.write(body))
+            with atomic_file(found) as tmp:
+                tmp.write_bytes(body)
         except OSError as exc:
             raise OutputError(f"cannot write the resume journal {journal.folder}: {exc}") from exc
         return journal
 
-    def exists(self) -> bool:
-        return (self.folder / FINGERPRINT).exists()
+    @staticmethod
+    def is_complete(folder: Path) -> bool:
+        """The journal in ``folder`` says its run's outputs were complete and being
+        renamed into place (so outputs found next to it are that run's)."""
+        return (Path(folder) / COMPLETE).exists()
 
-    def _chunk_path(self, k: int) -> Path:
-        return self.folder / f"chunk-{k:06d}.npz"
+    @property
+    def kept(self) -> int:
+        """Finished tiles in the journal (taken from it and appended by this run)."""
+        return self.taken + self.appended
 
-    def chunks(self) -> Iterator[tuple[int, ChunkResult]]:
-        """Finished chunks ``(k, result)``; an unreadable chunk is skipped (redone)."""
-        for path in sorted(self.folder.glob("chunk-*.npz")):
-            try:
-                k = int(path.stem.split("-")[1])
-                with np.load(path) as data:
-                    yield (
-                        k,
-                        ChunkResult(
-                            data["index"],
-                            data["class_ids"],
-                            data["probs"],
-                            data["nodata_fraction"],
-                        ),
-                    )
-            except (OSError, ValueError, KeyError, IndexError):
-                continue
-
-    def save(self, k: int, result: ChunkResult) -> None:
-        """Store chunk ``k`` atomically (complete or absent)."""
-
-        def write(f: Any) -> None:
-            np.savez(
-                f,
-                index=result.index,
-                class_ids=result.class_ids,
-                probs=result.probs,
-                nodata_fraction=result.nodata_fraction,
-            )
-
+    def records(self) -> Iterator[JournalRecord]:
+        """The intact records of the log, in order."""
         try:
-            _write_atomic(self._chunk_path(k), write)
+            data = (self.folder / LOG).read_bytes()
+        except FileNotFoundError:
+            return
+        for _, record in _decode(data, self.num_classes):
+            yield record
+
+    def load(self, result: TileResult) -> int:
+        """Put the finished tiles of the log into ``result`` (the whole grid's).
+
+        Drops a torn tail so that new records follow the intact ones. Returns the
+        flat grid index the run continues from: every tile before it is finished.
+        """
+        log = self.folder / LOG
+        try:
+            data = log.read_bytes()
+        except FileNotFoundError:
+            data = b""
+        good, start = 0, 0
+        for good, record in _decode(data, self.num_classes):  # noqa: B007
+            result.put(record.index, record.probs, record.nodata_fraction)
+            start = record.end
+            self.taken_classified += len(record.index)
+        if good < len(data):
+            with open(log, "r+b") as f:
+                f.truncate(good)
+        self.taken = start
+        return start
+
+    def append(self, record: BatchRecord) -> None:
+        """Append one finished batch (called from inside the prediction loop)."""
+        try:
+            if self._fd is None:
+                flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+                self._fd = os.open(self.folder / LOG, flags, 0o644)
+            os.write(self._fd, _encode(record))
+            self.appended += record.done
+            now = time.monotonic()
+            if now - self._synced >= SYNC_EVERY_S:
+                os.fdatasync(self._fd)
+                self._synced = now
         except OSError as exc:
             raise OutputError(f"cannot write the resume journal {self.folder}: {exc}") from exc
 
+    def close(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = None
+
+    def mark_complete(self) -> None:
+        """Say the outputs are complete under their temporary names (see module doc)."""
+        self.close()
+        with atomic_file(self.folder / COMPLETE) as tmp:
+            tmp.write_bytes(b"")
+
     def remove(self) -> None:
+        self.close()
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def run_fingerprint(
-    scene: Path, plan: ScenePlan, model: LoadedModel, options: ClassifyOptions
-) -> dict[str, Any]:
-    """What must be the same for a journal to be continued: scene, model, options."""
-    info, grid = plan.info, plan.grid
-    device = resolve_device(options.device)
-    return {
-        **scene_fingerprint(scene),
-        "model_sha256": model_digest(model.path, None if model.path else model.model.state_dict()),
-        "options": {
-            "bands": info.band_indexes,
-            "tile": grid.tile,
-            "stride": grid.stride,
-            "tiles": len(grid),
-            "read_tile": info.read_tile,
-            "scaling": info.scaling.to_dict() if info.scaling else None,
-            "allow_no_crs": options.allow_no_crs,
-            "batch_size": options.batch_size,
-            "device": device.type,
-            "amp": amp_name(autocast_dtype(device, options.amp)),
-            "chunk_tiles": _chunk_tiles(options),
-        },
-    }
+@contextlib.contextmanager
+def run_journal(
+    scene: Path,
+    plan: ScenePlan,
+    model: LoadedModel,
+    options: ClassifyOptions,
+    finals: list[Path],
+) -> Iterator[Journal | None]:
+    """The journal of one run of ``scene`` (``None`` without ``options.resume``).
 
+    Wraps the writing of the outputs: with ``resume`` existing outputs are
+    refused unless ``overwrite`` or the journal is complete (then they are the
+    interrupted run's own, see module doc: :attr:`Journal.replaces_outputs`), an
+    interruption says where the finished tiles are kept, and the journal is
+    removed once the block has put the outputs in place. Without ``resume`` a
+    successful block removes a journal of these outputs: it is an older run's,
+    and resuming it would replace these newer outputs.
 
-def _chunk_tiles(options: ClassifyOptions) -> int:
-    # A whole number of batches, so a chunk's batches are the same whether or
-    # not the run was interrupted before it.
-    return options.batch_size * RESUME_CHUNK_BATCHES
+    Raises:
+        OutputError: outputs exist (and neither ``overwrite`` nor a complete journal).
+        OptionError: the journal is a different run's.
+    """
+    folder = journal_dir(scene, options.out_dir)
+    if not options.resume:
+        yield None
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    replaces = Journal.is_complete(folder)
+    check_destination(finals, options.overwrite or replaces)
+    journal = Journal.open(folder, run_fingerprint(scene, plan, model, options))
+    journal.replaces_outputs = replaces
+    try:
+        yield journal
+    except Interrupted as exc:
+        if not journal.kept:
+            raise
+        raise Interrupted(exc.signum, journal=journal.folder) from None
+    finally:
+        journal.close()
+    journal.remove()
 
 
 def predict_resumable(
@@ -231,38 +389,26 @@ def predict_resumable(
     progress: ProgressCallback | None,
     journal: Journal,
 ) -> tuple[TileResult, torch.device, torch.dtype | None]:
-    """:func:`~mscn_geo.predict.predict_tiles` that takes finished chunks from ``journal``
-    and stores each chunk it computes there."""
-    tiles = grid.tiles()
-    n = len(tiles)
-    result = TileResult.empty(tiles, model.meta.num_classes)
-    size = _chunk_tiles(options)
-    done_chunks: set[int] = set()
-    for c, chunk in journal.chunks():
-        result.class_ids[chunk.index] = chunk.class_ids
-        result.probs[chunk.index] = chunk.probs
-        result.nodata_fraction[chunk.index] = chunk.nodata_fraction
-        done_chunks.add(c)
-    done = sum(min(size, n - c * size) for c in done_chunks if c * size < n)
+    """:func:`~mscn_geo.predict.predict_tiles` for the tiles the journal does not
+    have yet, appending each finished batch to it."""
+    n = len(grid)
+    result = TileResult.empty(grid.tiles(), model.meta.num_classes)
+    start = journal.load(result)
     if progress is not None:
-        progress(done, n)
-    device = resolve_device(options.device)
-    amp = autocast_dtype(device, options.amp)
-    for c in range(-(-n // size)):
-        if c in done_chunks:
-            continue
-        lo, hi = c * size, min(n, (c + 1) * size)
-        offset = done
+        progress(start, n)
 
-        def chunk_progress(d: int, _total: int, offset: int = offset) -> None:
-            if progress is not None:
-                progress(offset + d, n)
+    def shifted(done: int, _total: int) -> None:
+        if progress is not None:
+            progress(start + done, n)
 
-        part, device, amp = predict_tiles(info, grid, model, options, chunk_progress, span=(lo, hi))
-        index = np.arange(lo, hi, dtype=np.int64)
-        result.class_ids[index] = part.class_ids
-        result.probs[index] = part.probs
-        result.nodata_fraction[index] = part.nodata_fraction
-        journal.save(c, ChunkResult(index, part.class_ids, part.probs, part.nodata_fraction))
-        done += hi - lo
+    try:
+        part, device, amp = predict_tiles(
+            info, grid, model, options, shifted, span=(start, n), on_batch=journal.append
+        )
+    finally:
+        journal.close()
+    rest = np.arange(start, n, dtype=np.int64)
+    result.class_ids[rest] = part.class_ids
+    result.probs[rest] = part.probs
+    result.nodata_fraction[rest] = part.nodata_fraction
     return result, device, amp

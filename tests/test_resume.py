@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -15,9 +16,11 @@ import pytest
 import rasterio
 
 from mscn_geo.classify import classify_scene
-from mscn_geo.errors import Interrupted, OptionError
+from mscn_geo.errors import Interrupted, OptionError, OutputError
 from mscn_geo.options import ClassifyOptions
-from mscn_geo.resume import journal_dir
+from mscn_geo.resume import Journal, journal_dir
+
+from .conftest import TINY_CLASSES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,10 +32,13 @@ from pathlib import Path
 import mscn_geo.reader as reader
 marker = Path(os.environ["MSCN_TEST_MARKER"])
 delay = float(os.environ.get("MSCN_TEST_DELAY", "0"))
+hold = os.environ.get("MSCN_TEST_HOLD")
 real = reader.TileReader.read
 def slow(self, tile):
     with open(marker, "a") as f:
         f.write(f"{tile.row},{tile.col}\\n")
+    while hold and not Path(hold).exists():
+        time.sleep(0.02)
     time.sleep(delay)
     return real(self, tile)
 reader.TileReader.read = slow
@@ -41,8 +47,13 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def start(args: list[object], marker: Path, delay: float) -> subprocess.Popen:
+def start(
+    args: list[object], marker: Path, delay: float, hold: Path | None = None
+) -> subprocess.Popen:
+    """The CLI in a subprocess; each tile read waits ``delay`` s (and until ``hold`` exists)."""
     env = {**os.environ, "MSCN_TEST_MARKER": str(marker), "MSCN_TEST_DELAY": str(delay)}
+    if hold is not None:
+        env["MSCN_TEST_HOLD"] = str(hold)
     return subprocess.Popen(
         [sys.executable, "-c", DRIVER, *map(str, args)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
@@ -94,29 +105,38 @@ def read_outputs(out: Path, stem: str = "scene") -> tuple[bytes, np.ndarray, gpd
     return raster.read_bytes(), classes, frame
 
 
+def finished_tiles(folder: Path) -> int:
+    """Tiles the journal in ``folder`` has finished (its last intact record's ``end``)."""
+    records = list(Journal(folder, {"num_classes": len(TINY_CLASSES)}).records())
+    return records[-1].end if records else 0
+
+
 def test_resume_after_sigkill_gives_identical_outputs(
     make_scene, tiny_checkpoint, tiny_model, tmp_path
 ) -> None:
-    scene = make_scene(512, 192, nodata_cols=70)  # 24 tiles (3 nodata): 3 chunks of 8
+    scene = make_scene(512, 192, nodata_cols=70)  # 24 tiles (3 nodata), batches of 2
     args = ["classify", scene, "-m", tiny_checkpoint, "--device", "cpu", "--batch-size", "2",
-            "--workers", "1", "--resume", "--quiet"]  # fmt: skip
+            "--workers", "1", "--resume", "--quiet", "--json"]  # fmt: skip
     out = tmp_path / "out"
     journal = journal_dir(scene, out)
     marker = tmp_path / "reads1.txt"
     proc = start([*args, "-o", out], marker, 0.1)
-    wait_for(lambda: len(list(journal.glob("chunk-*.npz"))) >= 1)
+    wait_for(lambda: finished_tiles(journal) >= 6)  # appended per batch, from the loop
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
     assert proc.returncode == -signal.SIGKILL
     assert not (out / "scene.gpkg").exists() and not (out / "scene_classes.tif").exists()
-    chunks_before = len(list(journal.glob("chunk-*.npz")))
-    assert 1 <= chunks_before < 3
+    kept = finished_tiles(journal)
+    assert 6 <= kept < 24
 
     marker2 = tmp_path / "reads2.txt"
     second = start([*args, "-o", out], marker2, 0.0)
-    _, err = second.communicate(timeout=120)
+    stdout, err = second.communicate(timeout=120)
     assert second.returncode == 0, err
-    assert 0 < len(lines(marker2)) <= 24 - 8 * chunks_before  # finished chunks not redone
+    # Only the tiles after the journal's finished prefix were read again.
+    assert sorted(lines(marker2)) == sorted(f"{i // 8},{i % 8}" for i in range(kept, 24))
+    summary = json.loads(stdout)
+    assert summary["from_journal"] == kept
     assert not journal.exists()
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
 
@@ -140,13 +160,14 @@ def test_resume_after_sigkill_gives_identical_outputs(
     np.testing.assert_allclose(plain_frame[p_cols], frame[p_cols], atol=1e-5)
 
 
-def interrupted_run(scene: Path, model, options: ClassifyOptions, after: int) -> None:
+def interrupted_run(scene: Path, model, options: ClassifyOptions, after: int) -> Interrupted:
     def progress(done: int, total: int) -> None:
         if done >= after:
             raise Interrupted(signal.SIGINT)
 
-    with pytest.raises(Interrupted):
+    with pytest.raises(Interrupted) as err:
         classify_scene(scene, model, options, progress=progress)
+    return err.value
 
 
 def test_resume_refuses_a_different_run_journal(make_scene, tiny_model, tmp_path) -> None:
@@ -155,12 +176,16 @@ def test_resume_refuses_a_different_run_journal(make_scene, tiny_model, tmp_path
     options = ClassifyOptions(out_dir=out, device="cpu", batch_size=2, workers=0, resume=True)
     interrupted_run(scene, tiny_model, options, after=9)
     journal = journal_dir(scene, out)
-    assert len(list(journal.glob("chunk-*.npz"))) == 1
+    assert finished_tiles(journal) >= 8
     assert not (out / "scene.gpkg").exists()
     changed = ClassifyOptions(**{**options.__dict__, "stride": 32})
     with pytest.raises(OptionError) as err:
         classify_scene(scene, tiny_model, changed)
-    assert "is the resume journal of a different run (options changed)" in str(err.value)
+    assert "is the resume journal of a different run (stride changed)" in str(err.value)
+    assert err.value.fields == ("stride",)
+    changed = ClassifyOptions(**{**options.__dict__, "batch_size": 4})
+    with pytest.raises(OptionError, match=r"\(batch_size changed\)"):
+        classify_scene(scene, tiny_model, changed)
     os.utime(scene, ns=(0, 0))  # the scene changed on disk
     with pytest.raises(OptionError, match=r"\(scene_mtime_ns changed\)"):
         classify_scene(scene, tiny_model, options)
@@ -183,15 +208,101 @@ def test_resume_in_process_matches_uninterrupted(make_scene, tiny_model, tmp_pat
     assert a[2].drop(columns="geometry").equals(b[2].drop(columns="geometry"))
 
 
-def test_stale_temporaries_of_killed_runs_are_removed(make_scene, tiny_model, tmp_path) -> None:
-    scene = make_scene(64, 64)
+def test_interrupt_says_where_the_journal_is_and_the_resumed_summary_counts_it(
+    make_scene, tiny_model, tmp_path
+) -> None:
+    scene = make_scene(320, 192, nodata_cols=70)  # 15 tiles, 3 of them nodata
+    out = tmp_path / "out"
+    options = ClassifyOptions(out_dir=out, device="cpu", batch_size=2, workers=0, resume=True)
+    error = interrupted_run(scene, tiny_model, options, after=7)
+    journal = journal_dir(scene, out)
+    assert f"kept in the resume journal {journal}" in str(error)
+    assert error.exit_code == 130 and error.fields == ("resume",)
+    kept = finished_tiles(journal)
+    records = list(Journal(journal, {"num_classes": len(TINY_CLASSES)}).records())
+    kept_classified = sum(len(r.index) for r in records)
+    result = classify_scene(scene, tiny_model, options)
+    assert result.to_dict()["from_journal"] == kept > 0
+    assert result.classified == 12
+    # tiles/s counts only the tiles this run classified.
+    assert result.tiles_per_s * result.seconds == pytest.approx(12 - kept_classified)
+    # Interrupted before any tile was finished: nothing is kept, nothing to mention.
+    other = ClassifyOptions(**{**options.__dict__, "out_dir": tmp_path / "o2"})
+    error = interrupted_run(scene, tiny_model, other, after=0)
+    assert "journal" not in str(error)
+
+
+def test_plain_run_after_interrupted_resume_is_not_replaced_by_a_later_resume(
+    make_scene, tiny_model, tmp_path
+) -> None:
+    scene = make_scene(320, 192)
+    out = tmp_path / "out"
+    resume = ClassifyOptions(out_dir=out, device="cpu", batch_size=2, workers=0, resume=True)
+    interrupted_run(scene, tiny_model, resume, after=7)
+    assert journal_dir(scene, out).exists()
+    # A plain run writes newer outputs: the older run's journal goes with it.
+    classify_scene(scene, tiny_model, ClassifyOptions(out_dir=out, device="cpu", stride=32))
+    assert not journal_dir(scene, out).exists()
+    newer = (out / "scene_classes.tif").read_bytes()
+    with pytest.raises(OutputError, match="exists"):
+        classify_scene(scene, tiny_model, resume)
+    assert (out / "scene_classes.tif").read_bytes() == newer
+    # Outputs next to an incomplete journal are refused too (not the journal's run's).
+    interrupted_run(scene, tiny_model, ClassifyOptions(**{**resume.__dict__, "overwrite": True}), 7)
+    with pytest.raises(OutputError, match="exists"):
+        classify_scene(scene, tiny_model, resume)
+    assert (out / "scene_classes.tif").read_bytes() == newer
+
+
+def test_stale_temporaries_of_killed_runs_are_removed_by_any_scene(
+    make_scene, tiny_model, tmp_path
+) -> None:
+    scene = make_scene(64, 64, name="other.tif")
     out = tmp_path / "out"
     out.mkdir()
     dead = 2**22 + 12345  # above the default pid_max: never a live process
-    stale = [out / f".scene.{dead}.partial.gpkg", out / f".scene_classes.{dead}.partial.tif"]
+    stale = [
+        out / f".scene.{dead}.partial.gpkg",
+        out / f".scene.{dead}.partial.gpkg-journal",
+        out / f".scene_classes.{dead}.partial.tif",
+        out / f".scene_classes.{dead}.partial.tif.aux.xml",
+    ]
     for path in stale:
         path.write_bytes(b"half")
-    other = out / f".unrelated.{dead}.partial.gpkg"
-    other.write_bytes(b"not ours")
+    live = out / f".scene.{os.getpid()}.partial.gpkg"  # a running process's: kept
+    live.write_bytes(b"being written")
     classify_scene(scene, tiny_model, ClassifyOptions(out_dir=out, device="cpu"))
-    assert not any(p.exists() for p in stale) and other.exists()
+    assert [p.name for p in stale if p.exists()] == []
+    assert live.exists() and (out / "other.gpkg").exists()
+
+
+def test_two_runs_of_one_scene_at_once_do_not_both_write(
+    make_scene, tiny_checkpoint, tmp_path
+) -> None:
+    scene = make_scene(384, 128)  # 12 tiles
+    out = tmp_path / "out"
+    base = ["classify", scene, "-m", tiny_checkpoint, "-o", out, "--device", "cpu",
+            "--workers", "1", "--quiet"]  # fmt: skip
+    release = tmp_path / "release"
+    first = start(base, tmp_path / "reads1.txt", 0.0, hold=release)  # waits at its first tile
+    wait_for(lambda: len(lines(tmp_path / "reads1.txt")) >= 1)
+    seconds = [
+        start([*base, *extra], tmp_path / "reads2.txt", 0.0)
+        for extra in ([], ["--overwrite"], ["--stride", "32"])
+    ]
+    for second in seconds:
+        _, err = second.communicate(timeout=120)
+        assert second.returncode == 2, err
+        assert "is being written by another run" in err
+    assert first.poll() is None
+    release.touch()
+    _, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err
+    assert lines(tmp_path / "reads2.txt") == []  # the second ones never read a tile
+    assert sorted(p.name for p in out.iterdir()) == [
+        "scene.gpkg", "scene_classes.qml", "scene_classes.tif", "scene_classes.tif.aux.xml"
+    ]  # fmt: skip
+    # Once the first is done, the set exists: the plain refusal.
+    again = start(base, tmp_path / "reads3.txt", 0.0)
+    _, err = again.communicate(timeout=60)
+    assert again.returncode == 2 and "exists; use --overwrite" in err

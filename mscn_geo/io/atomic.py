@@ -24,12 +24,15 @@ __all__ = [
     "atomic_file",
     "atomic_outputs",
     "check_destination",
+    "claim_outputs",
     "output_paths",
     "remove_stale_temporaries",
     "style_sidecar",
     "temporary_path",
 ]
 
+#: The hidden lock file of an output set claimed by a run (:func:`claim_outputs`).
+LOCK_SUFFIX = ".mscn-lock"
 #: GDAL's "persistent auxiliary metadata" sidecar, e.g. ``scene_classes.tif.aux.xml``.
 PAM_SUFFIX = ".aux.xml"
 
@@ -152,24 +155,83 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temporaries(finals: Sequence[Path]) -> list[Path]:
-    """Remove hidden temporaries of ``finals`` left by killed runs (their pid is gone).
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Remove the hidden temporaries in ``folder`` left by killed runs (their pid is gone).
 
     A run killed with SIGKILL cannot clean up; its temporaries
-    (``.<stem>.<pid>.partial.<ext>`` and side files) would stay forever.
+    (``.<stem>.<pid>.partial.<ext>`` and side files) would stay forever. Any
+    run into the folder removes them, whatever scene it writes. Liveness is
+    checked on this machine: a folder shared between machines must not be
+    written by runs on two of them at once.
     """
-    stems = {Path(f).stem for f in finals}
-    removed = []
-    for folder in {Path(f).parent for f in finals}:
-        if not folder.is_dir():
-            continue
-        for entry in folder.iterdir():
-            match = _TEMPORARY.match(entry.name)
-            if match and match["stem"] in stems and not _pid_alive(int(match["pid"])):
-                with contextlib.suppress(OSError):
-                    entry.unlink()
-                    removed.append(entry)
+    folder = Path(folder)
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    for entry in folder.iterdir():
+        match = _TEMPORARY.match(entry.name)
+        if match and not _pid_alive(int(match["pid"])) and not entry.is_dir():
+            with contextlib.suppress(OSError):
+                entry.unlink()
+                removed.append(entry)
     return removed
+
+
+def _lock_path(finals: Sequence[Path]) -> Path:
+    first = Path(finals[0])
+    return first.with_name(f".{first.stem}{LOCK_SUFFIX}")
+
+
+@contextlib.contextmanager
+def claim_outputs(finals: Sequence[Path]) -> Iterator[None]:
+    """Hold the output set ``finals`` for this run, exclusively, for the ``with`` block.
+
+    Two runs writing the same outputs at once would each replace the other's
+    files, and could leave the GeoPackage of one beside the raster of the other.
+    The claim is an advisory ``flock`` on the hidden ``.<stem>.mscn-lock`` next to
+    the first output; the kernel drops it when its process dies (even by SIGKILL),
+    so a killed run never leaves the set claimed. The file is removed on exit.
+
+    Raises:
+        OutputError: another live run holds the set.
+    """
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): no claim
+        yield
+        return
+    path = _lock_path(finals)
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        except OSError as exc:
+            raise OutputError(f"cannot create the lock file {path}: {exc.strerror}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise OutputError(
+                f"{finals[0]} is being written by another run (pid {holder}); wait for it "
+                "to finish (then its outputs exist: pass overwrite=True to replace them)",
+                field="overwrite",
+            ) from None
+        # The holder we waited for may have removed the file: lock the current one.
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        os.close(fd)  # releases the lock, after the file is gone
 
 
 def _is_disk_full(exc: BaseException, folder: Path) -> bool:
