@@ -1,0 +1,214 @@
+"""Inference backends: what runs the model on a normalised batch.
+
+Every backend builds a *runner* with the interface of
+:class:`mscn_geo.pipeline.ModelRunner`: ``runner(x)`` takes a normalised
+(B, bands, T, T) float32 batch on ``runner.device`` (what
+:class:`~mscn_geo.pipeline.Normaliser` makes) and returns (B, classes) float32
+softmax probabilities on that device; ``device``, ``amp`` and
+``channels_last`` say how the batch must be laid out.
+
+``torch``
+    Eager PyTorch (optionally ``torch.compile``), CPU or CUDA, AMP on request.
+``onnxruntime``
+    The graph ``mscn-geo export`` writes (:func:`mscn_geo.onnx_export.export_onnx`,
+    checked against PyTorch when exported), run by ONNX Runtime's CPU execution
+    provider. CPU only, fp32: on the bundled model it gives the same classes as
+    PyTorch fp32 on every UC Merced validation tile with probabilities within
+    1e-5 (benchmarks/bench_backends.py, README Performance).
+
+Candidates measured and *not* offered, because they disagree with fp32 beyond the
+project's bar (same class on >= 99.5 % of validation tiles and probabilities
+within 0.01): bf16 autocast on CPU (still available as ``amp``) and static int8
+quantisation in ONNX Runtime (figures in the README's Performance section).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from mscn_geo.errors import OptionError
+from mscn_geo.models.checkpoint import LoadedModel
+from mscn_geo.pipeline import ModelRunner, prepare_model
+
+__all__ = [
+    "BACKENDS",
+    "OnnxRuntimeRunner",
+    "Runner",
+    "cache_dir",
+    "onnxruntime_available",
+    "prepare_runner",
+    "resolve_backend",
+]
+
+#: Names accepted by ``--backend`` (``auto`` picks one per device).
+BACKENDS = ("auto", "torch", "onnxruntime")
+
+
+class Runner(Protocol):
+    """What the prediction loop calls: normalised batch -> probabilities."""
+
+    device: torch.device
+    amp: torch.dtype | None
+    channels_last: bool
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
+def onnxruntime_available() -> bool:
+    """Whether onnxruntime (and the exporter's onnxscript) can be imported."""
+    try:
+        import onnxruntime  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_backend(name: str, device: torch.device, amp: torch.dtype | None) -> str:
+    """The backend that runs: ``auto`` -> ``onnxruntime`` for fp32 on CPU, else ``torch``.
+
+    Raises:
+        OptionError: unknown name; ``onnxruntime`` on CUDA, with AMP, or not installed.
+    """
+    name = name.strip().lower()
+    if name not in BACKENDS:
+        raise OptionError(f"--backend must be one of {', '.join(BACKENDS)}, got {name!r}")
+    if name == "auto":
+        cpu_fp32 = device.type == "cpu" and amp is None
+        return "onnxruntime" if cpu_fp32 and onnxruntime_available() else "torch"
+    if name == "onnxruntime":
+        if device.type != "cpu":
+            raise OptionError("--backend onnxruntime runs on the CPU only (use --device cpu)")
+        if amp is not None:
+            raise OptionError("--backend onnxruntime is fp32 only (drop --amp)")
+        if not onnxruntime_available():
+            raise OptionError("--backend onnxruntime needs the onnxruntime and onnxscript packages")
+    return name
+
+
+@dataclass
+class OnnxRuntimeRunner:
+    """An ONNX Runtime session with the :class:`~mscn_geo.pipeline.ModelRunner` interface.
+
+    The exported graph takes 0..255 pixels and normalises inside; this runner
+    takes normalised batches like every runner, so it maps them back to pixel
+    units first (an exact inverse up to float rounding: pixels masked to 0 by
+    the normaliser become the band mean, which the graph normalises to 0 again).
+    """
+
+    session: Any  # onnxruntime.InferenceSession
+    input_name: str
+    scale: torch.Tensor  # (1, bands, 1, 1): normalised = pixels * scale + shift
+    shift: torch.Tensor
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    amp: torch.dtype | None = None
+    channels_last: bool = False
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, bands, T, T) normalised float32 -> (B, classes) float32 probabilities."""
+        pixels = ((x - self.shift) / self.scale).contiguous()
+        out = self.session.run(None, {self.input_name: pixels.numpy()})[0]
+        return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
+
+
+def cache_dir() -> Path:
+    """Where exported graphs are kept: ``$MSCN_GEO_CACHE``, else ``$XDG_CACHE_HOME/mscn-geo``."""
+    if os.environ.get("MSCN_GEO_CACHE"):
+        return Path(os.environ["MSCN_GEO_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "mscn-geo"
+
+
+def _graph_key(model: LoadedModel, tile_size: int) -> str:
+    """Digest of everything the exported graph depends on: weights, config, tile, versions."""
+    from mscn_geo import __version__
+    from mscn_geo.resume import model_digest
+
+    digest = hashlib.sha256(model_digest(None, model.model.state_dict()).encode())
+    config = [model.arch, model.arch_kwargs, model.meta.mean, model.meta.std, tile_size]
+    digest.update(json.dumps([config, __version__, torch.__version__], default=str).encode())
+    return digest.hexdigest()[:32]
+
+
+def _export_graph(model: LoadedModel, tile_size: int) -> Path:
+    """The classifier graph of ``model`` at ``tile_size``, exported once per cache.
+
+    Exporting takes seconds; the graph is kept under :func:`cache_dir` by a digest
+    of the weights and settings, so later runs only load it. Without a writable
+    cache it is exported to a temporary folder each time.
+    """
+    from mscn_geo.onnx_export import export_onnx
+
+    path = cache_dir() / "onnx" / f"{model.arch}-{_graph_key(model, tile_size)}.onnx"
+    if path.is_file():
+        return path
+    meta = dataclasses.replace(model.meta, tile_size=tile_size)
+    sized = dataclasses.replace(model, meta=meta)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        export_onnx(path, sized, exporter="torchscript", overwrite=True)
+    except OSError:
+        path = Path(tempfile.mkdtemp(prefix="mscn-geo-onnx-")) / "model.onnx"
+        export_onnx(path, sized, exporter="torchscript", overwrite=True)
+    return path
+
+
+def _onnxruntime_runner(model: LoadedModel, tile_size: int, threads: int) -> OnnxRuntimeRunner:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    path = _export_graph(model, tile_size)
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    mean = torch.tensor(model.meta.mean, dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.tensor(model.meta.std, dtype=torch.float32).view(1, -1, 1, 1)
+    name = session.get_inputs()[0].name
+    return OnnxRuntimeRunner(session, name, 1.0 / (255.0 * std), -mean / std)
+
+
+def prepare_runner(
+    model: LoadedModel,
+    device: torch.device,
+    amp: torch.dtype | None,
+    *,
+    backend: str = "auto",
+    tile_size: int | None = None,
+    channels_last: bool = True,
+    compile: bool = False,
+    threads: int | None = None,
+) -> Runner:
+    """The runner of ``backend`` for ``model`` (prepared once per model and settings).
+
+    The ONNX Runtime session is kept on the model like
+    :func:`~mscn_geo.pipeline.prepare_model` keeps its runner, so a batch of
+    scenes builds it once.
+
+    Args:
+        backend: one of :data:`BACKENDS`.
+        tile_size: edge of the tiles the model will see (ONNX graphs have a fixed
+            tile size); default: the model's.
+        threads: ONNX Runtime intra-op threads (default: ``torch.get_num_threads()``).
+    """
+    chosen = resolve_backend(backend, device, amp)
+    if chosen == "torch":
+        runner: ModelRunner = prepare_model(model.model, device, amp, channels_last, compile)
+        return runner
+    key = (tile_size or model.meta.tile_size, threads or torch.get_num_threads())
+    cached = model.model.__dict__.get("_mscn_geo_ort")
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    ort_runner = _onnxruntime_runner(model, *key)
+    model.model.__dict__["_mscn_geo_ort"] = (key, ort_runner)
+    return ort_runner
