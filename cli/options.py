@@ -209,6 +209,15 @@ Amp = Annotated[
         show_default=False,
     ),
 ]
+Backend = Annotated[
+    str,
+    typer.Option(
+        "--backend",
+        help="What runs the model: auto (ONNX Runtime for fp32 on CPU, else PyTorch), "
+        "torch or onnxruntime.",
+        metavar="NAME",
+    ),
+]
 Workers = Annotated[
     int,
     typer.Option(

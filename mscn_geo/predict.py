@@ -17,10 +17,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from mscn_geo.backends import prepare_runner
 from mscn_geo.device import autocast_dtype, resolve_device
 from mscn_geo.models.checkpoint import LoadedModel
 from mscn_geo.options import ClassifyOptions
-from mscn_geo.pipeline import Normaliser, classify_stream, prepare_model, read_ahead
+from mscn_geo.pipeline import Normaliser, classify_stream, read_ahead
 from mscn_geo.reader import SceneInfo, TilePixels, TileReader
 from mscn_geo.tiling import Tile, TileGrid
 
@@ -150,10 +151,12 @@ def predict_tiles(
     stop = max(start, stop)
     device = resolve_device(options.device)
     amp = autocast_dtype(device, options.amp)
-    runner = prepare_model(
-        model.model,
+    runner = prepare_runner(
+        model,
         device,
         amp,
+        backend=options.backend,
+        tile_size=info.read_tile or grid.tile,
         channels_last=options.channels_last,
         compile=options.compile,
     )

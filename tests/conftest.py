@@ -66,6 +66,17 @@ def _write_scene(
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Exported ONNX graphs (backend onnxruntime) go to a per-session folder, not ~/.cache.
+
+    Set in the environment, so CLI subprocesses share it: each model is exported once.
+    """
+    import os
+
+    os.environ["MSCN_GEO_CACHE"] = str(tmp_path_factory.mktemp("mscn-geo-cache"))
+
+
 @pytest.fixture
 def make_scene(tmp_path: Path) -> Callable[..., Path]:
     """Factory: ``make_scene(width, height, name='scene.tif', **options)`` -> a GeoTIFF path.
