@@ -117,6 +117,62 @@ class RssSampler:
         return self.peak_bytes / 2**20
 
 
+class GpuSampler:
+    """GPU utilisation (%, sampled every 0.2 s) and peak allocated memory of a CUDA phase.
+
+    ``torch.cuda.utilization`` (needs the nvidia-ml-py package), else ``nvidia-smi``.
+    On the CPU it records nothing and ``summary()`` is empty.
+    """
+
+    def __init__(self, device: torch.device, interval_s: float = 0.2) -> None:
+        self.device = device
+        self.samples: list[float] = []
+        self._interval = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _utilisation(self) -> float | None:
+        try:
+            return float(torch.cuda.utilization(self.device))
+        except Exception:  # no NVML bindings: ask nvidia-smi
+            import subprocess
+
+            index = self.device.index or 0
+            cmd = ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"]
+            try:
+                out = subprocess.run(cmd, capture_output=True, text=True, timeout=5, check=True)
+                return float(out.stdout.splitlines()[index])
+            except Exception:
+                return None
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            value = self._utilisation()
+            if value is not None:
+                self.samples.append(value)
+
+    def __enter__(self) -> GpuSampler:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device.type == "cuda":
+            self._stop.set()
+            self._thread.join()
+
+    def summary(self) -> dict[str, Any]:
+        if self.device.type != "cuda":
+            return {}
+        mean = sum(self.samples) / len(self.samples) if self.samples else None
+        return {
+            "gpu_utilisation_mean_pct": None if mean is None else round(mean, 1),
+            "gpu_utilisation_samples": len(self.samples),
+            "gpu_peak_allocated_mib": round(torch.cuda.max_memory_allocated(self.device) / 2**20),
+        }
+
+
 def write_scene(
     path: Path,
     size: int,

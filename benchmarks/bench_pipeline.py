@@ -1,7 +1,7 @@
 """Classify throughput vs model-only throughput, in one run, on one device.
 
 Model-only: random normalised tensors of the classify batch size through the
-same prepared model (:func:`mscn_geo.pipeline.prepare_model`: same device,
+same prepared runner (:func:`mscn_geo.backends.prepare_runner`: same backend, device,
 autocast, memory format, compiled or not), as many tiles as the scene has,
 timed before and after the classify runs (the mean is reported: the machine
 may be shared). Classify: the streaming loop (``predict_tiles``: read, batch,
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import machine, random_model, sync, timed, write_scene
+from _common import GpuSampler, machine, random_model, sync, timed, write_scene
 
 
 def model_only(runner: Any, batch_size: int, tiles: int, tile_size: int) -> dict[str, float]:
@@ -52,9 +52,9 @@ def model_only(runner: Any, batch_size: int, tiles: int, tile_size: int) -> dict
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    from mscn_geo.backends import prepare_runner, resolve_backend
     from mscn_geo.device import amp_name, autocast_dtype, resolve_device
     from mscn_geo.options import ClassifyOptions
-    from mscn_geo.pipeline import prepare_model
     from mscn_geo.plan import plan_scene
     from mscn_geo.predict import predict_tiles
 
@@ -66,6 +66,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         device=str(device),
         workers=args.workers,
         channels_last=args.channels_last == "on",
+        backend=args.backend,
+        amp={"auto": None, "on": True, "off": False}[args.amp],
         compile=args.compile,
         overwrite=True,
     )
@@ -76,7 +78,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         plan = plan_scene(scene, model.meta, options)
         n_tiles = len(plan.grid)
         runner, compile_s = timed(
-            prepare_model, model.model, device, amp, options.channels_last, options.compile
+            prepare_runner,
+            model,
+            device,
+            amp,
+            backend=options.backend,
+            channels_last=options.channels_last,
+            compile=options.compile,
         )
         # Warm-up (and compilation with --compile) outside every timed region.
         warm_plan = plan_scene(warm, model.meta, options)
@@ -87,8 +95,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for _ in range(args.rounds):
             ref = model_only(runner, args.batch_size, n_tiles, args.tile_size)
             cpu0 = time.process_time()
-            _, loop_s = timed(predict_tiles, plan.info, plan.grid, model, options)
-            sync(device)
+            with GpuSampler(device) as gpu:
+                _, loop_s = timed(predict_tiles, plan.info, plan.grid, model, options)
+                sync(device)
             loop_cpu = time.process_time() - cpu0
             rounds.append(
                 {
@@ -101,6 +110,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     "loop_cpu_ms_per_tile": round(loop_cpu / n_tiles * 1e3, 2),
                     "cpu_ratio": round(ref["cpu_s"] / ref["tiles"] / (loop_cpu / n_tiles), 3),
                     "load": round(os.getloadavg()[0], 2),
+                    **gpu.summary(),
                 }
             )
         full: dict[str, Any]
@@ -146,6 +156,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "batch_size": args.batch_size,
                 "workers": args.workers,
                 "amp": amp_name(amp),
+                "backend": resolve_backend(options.backend, device, amp),
                 "channels_last": options.channels_last,
                 "compile": options.compile,
                 "prepare_s": round(compile_s, 2),
@@ -177,6 +188,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--channels-last", choices=["on", "off"], default="on")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument("--backend", default="auto", help="auto, torch or onnxruntime")
+    parser.add_argument("--amp", choices=["auto", "on", "off"], default="auto")
     parser.add_argument("--rounds", type=int, default=3, help="model-only/classify pairs")
     parser.add_argument("--out", type=Path, default=None, help="JSON file to write")
     args = parser.parse_args(argv)

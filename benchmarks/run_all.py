@@ -23,7 +23,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-def plan(device: str, quick: bool) -> list[tuple[str, str, list[str]]]:
+def plan(device: str, quick: bool, extra: bool = False) -> list[tuple[str, str, list[str]]]:
     """(result name, script, arguments) for each run."""
     if quick:  # seconds: the smoke test's sizes
         tiny = ["--device", device]
@@ -35,7 +35,13 @@ def plan(device: str, quick: bool) -> list[tuple[str, str, list[str]]]:
     if device.startswith("cuda"):
         gpu = ["--device", device, "--batch-size", "128", "--workers", "8"]
         runs = [
-            ("pipeline_cuda", "bench_pipeline.py", [*gpu, "--size", "16384"]),
+            # A 30,000 px scene (3,481 tiles of 256 px) with AMP (bf16) and without.
+            ("pipeline_cuda", "bench_pipeline.py", [*gpu, "--size", "30000", "--rounds", "2"]),
+            (
+                "pipeline_cuda_fp32",
+                "bench_pipeline.py",
+                [*gpu, "--size", "30000", "--rounds", "2", "--amp", "off"],
+            ),
             (
                 "pipeline_cuda_contiguous",
                 "bench_pipeline.py",
@@ -48,9 +54,10 @@ def plan(device: str, quick: bool) -> list[tuple[str, str, list[str]]]:
     else:
         cpu = ["--device", "cpu"]
         runs = [
-            ("pipeline_cpu", "bench_pipeline.py", cpu),
-            ("pipeline_cpu_contiguous", "bench_pipeline.py", [*cpu, "--channels-last", "off"]),
-            ("pipeline_cpu_compile", "bench_pipeline.py", [*cpu, "--compile", "--rounds", "2"]),
+            ("pipeline_cpu", "bench_pipeline.py", cpu),  # backend auto: ONNX Runtime
+            ("pipeline_cpu_torch", "bench_pipeline.py", [*cpu, "--backend", "torch"]),
+            ("backends_cpu", "bench_backends.py", ["--rounds", "1", "--model-batches", "4"]),
+            ("reader_cpu", "bench_reader.py", []),
             ("scale_cpu", "bench_scale.py", cpu),
             (
                 "scale_cpu_resnet18",
@@ -59,6 +66,17 @@ def plan(device: str, quick: bool) -> list[tuple[str, str, list[str]]]:
             ),
             ("torchgeo_cpu", "bench_torchgeo.py", cpu),
         ]
+        # Settled findings, not rerun by default (README, Performance): channels-last
+        # off and torch.compile were slower on CPU. ``--extra`` runs them.
+        if extra:
+            runs += [
+                ("pipeline_cpu_contiguous", "bench_pipeline.py", [*cpu, "--channels-last", "off"]),
+                (
+                    "pipeline_cpu_compile",
+                    "bench_pipeline.py",
+                    [*cpu, "--backend", "torch", "--compile", "--rounds", "2"],
+                ),
+            ]
     if (HERE / "bench_msc.py").exists():
         if device.startswith("cuda"):
             runs.append(("msc_cuda", "bench_msc.py", ["--device", device]))
@@ -74,21 +92,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke run)")
     parser.add_argument("--only", nargs="*", default=None, help="result names to run")
+    parser.add_argument("--extra", action="store_true", help="also the settled CPU variants")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     summary: dict[str, dict[str, object]] = {}
     start = time.perf_counter()
-    for name, script, extra in plan(args.device, args.quick):
+    for name, script, script_args in plan(args.device, args.quick, args.extra):
         if args.only and name not in args.only:
             continue
         out = args.out / f"{name}.json"
-        cmd = [sys.executable, str(HERE / script), *extra, "--out", str(out)]
+        cmd = [sys.executable, str(HERE / script), *script_args, "--out", str(out)]
         print(f"== {name}: {' '.join(cmd[1:])}", flush=True)
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, cwd=HERE.parent, check=False)
         entry: dict[str, object] = {
             "script": script,
-            "args": extra,
+            "args": script_args,
             "seconds": round(time.perf_counter() - t0, 1),
             "returncode": proc.returncode,
         }

@@ -45,6 +45,7 @@ __all__ = [
     "OnnxRuntimeRunner",
     "Runner",
     "cache_dir",
+    "export_graph",
     "onnxruntime_available",
     "prepare_runner",
     "resolve_backend",
@@ -140,7 +141,7 @@ def _graph_key(model: LoadedModel, tile_size: int) -> str:
     return digest.hexdigest()[:32]
 
 
-def _export_graph(model: LoadedModel, tile_size: int) -> Path:
+def export_graph(model: LoadedModel, tile_size: int) -> Path:
     """The classifier graph of ``model`` at ``tile_size``, exported once per cache.
 
     Exporting takes seconds; the graph is kept under :func:`cache_dir` by a digest
@@ -170,7 +171,7 @@ def _onnxruntime_runner(model: LoadedModel, tile_size: int, threads: int) -> Onn
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    path = _export_graph(model, tile_size)
+    path = export_graph(model, tile_size)
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     mean = torch.tensor(model.meta.mean, dtype=torch.float32).view(1, -1, 1, 1)
     std = torch.tensor(model.meta.std, dtype=torch.float32).view(1, -1, 1, 1)

@@ -83,14 +83,21 @@ class Normaliser:
     become 0 after normalisation, i.e. the band mean.
     """
 
-    def __init__(self, meta: ModelMeta, device: torch.device, channels_last: bool = False) -> None:
+    def __init__(
+        self,
+        meta: ModelMeta,
+        device: torch.device,
+        channels_last: bool = False,
+        pin_memory: bool | None = None,
+    ) -> None:
+        """``pin_memory``: stage batches in pinned host memory (default: on for CUDA)."""
         self.device = device
         self.channels_last = channels_last
         mean = torch.tensor(meta.mean, dtype=torch.float32).view(1, -1, 1, 1)
         std = torch.tensor(meta.std, dtype=torch.float32).view(1, -1, 1, 1)
         self.scale = (1.0 / (255.0 * std)).to(device)
         self.shift = (-mean / std).to(device)
-        self._pin = device.type == "cuda"
+        self._pin = device.type == "cuda" if pin_memory is None else pin_memory
 
     def _host(self, arrays: list[np.ndarray], dtype: torch.dtype) -> torch.Tensor:
         shape = (len(arrays), *arrays[0].shape)

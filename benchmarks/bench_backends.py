@@ -1,0 +1,285 @@
+"""CPU backends: agreement with eager fp32 on real tiles, model-only speed, the whole command.
+
+Candidates: eager PyTorch fp32 (the reference: batch 16, channels-last), PyTorch
+bf16 autocast, ONNX Runtime fp32 (the ``onnxruntime`` backend: the graph
+``mscn-geo export`` writes) and ONNX Runtime static int8 (QDQ, per-channel
+weights, convolutions only, calibrated on training tiles).
+
+1. Agreement, on the UC Merced validation tiles of the bundled model's split
+   (from ../shared; skipped without): share of tiles with the fp32 class, max and
+   99th percentile of |p - p_fp32| over all probabilities. A backend is *kept*
+   only with >= 99.5 % same class and max |dp| <= 0.01.
+2. Model-only tiles/s of every candidate on the same batches, and CPU ms per
+   tile (this process's CPU time: less sensitive to other users of the machine).
+3. The whole ``mscn-geo classify`` command (a subprocess: start-up, model load,
+   reading, writing included) on a generated tiled GeoTIFF, with each kept
+   backend, alternating with eager fp32 model-only rounds; target: the command
+   >= 1.3x the tiles/s of eager fp32 model-only, measured side by side.
+
+    python benchmarks/bench_backends.py --out benchmarks/results/backends_cpu.json
+    python benchmarks/bench_backends.py --size 4096 --rounds 1      # quicker
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from _common import ROOT, finish, machine, write_scene
+
+SHARED = ROOT.parent / "shared" / "data" / "ucmerced"
+KEEP_AGREEMENT = 0.995
+KEEP_MAX_DIFF = 0.01
+
+
+def validation_tiles(meta: Any, limit: int | None) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(validation uint8 tiles, training tiles for calibration) of the bundled split."""
+    if not SHARED.is_dir():
+        return None
+    from mscn_geo.data import load_image_folder, stratified_split
+
+    ds = load_image_folder(SHARED, meta.tile_size)
+    recipe = meta.recipe or {}
+    train, val = stratified_split(ds.labels, recipe.get("val_fraction", 0.2), recipe.get("seed", 0))
+    val = val[:limit] if limit else val
+    return ds.images[val], ds.images[train[::16]]
+
+
+def normalise(meta: Any, pixels: torch.Tensor) -> torch.Tensor:
+    mean = torch.tensor(meta.mean).view(1, -1, 1, 1)
+    std = torch.tensor(meta.std).view(1, -1, 1, 1)
+    return (pixels.float() / 255 - mean) / std
+
+
+class Candidates:
+    """Each backend as ``fn(normalised batch) -> probabilities`` (float32, CPU)."""
+
+    def __init__(self, loaded: Any, calibration: torch.Tensor, tmp: Path) -> None:
+        from mscn_geo.backends import prepare_runner
+        from mscn_geo.pipeline import prepare_model
+
+        self.meta = loaded.meta
+        self.loaded = loaded
+        cpu = torch.device("cpu")
+        torch_fp32 = prepare_model(loaded.model, cpu, None, channels_last=True)
+        self.fns: dict[str, Any] = {}
+        self.fns["torch_fp32"] = lambda x: torch_fp32(
+            x.contiguous(memory_format=torch.channels_last)
+        )
+        bf16 = torch_fp32.__class__(torch_fp32.net, cpu, torch.bfloat16, True)
+        self.fns["torch_bf16"] = lambda x: bf16(x.contiguous(memory_format=torch.channels_last))
+        t0 = time.perf_counter()
+        ort32 = prepare_runner(loaded, cpu, None, backend="onnxruntime")
+        self.prepare_s = {"onnxruntime": round(time.perf_counter() - t0, 2)}
+        self.fns["onnxruntime_fp32"] = ort32
+        try:
+            t0 = time.perf_counter()
+            self.fns["onnxruntime_int8"] = self._int8(ort32, calibration, tmp)
+            self.prepare_s["onnxruntime_int8"] = round(time.perf_counter() - t0, 2)
+        except Exception as exc:  # quantisation tooling missing or failing: recorded
+            self.int8_error = f"{type(exc).__name__}: {exc}"[:300]
+
+    def _int8(self, ort32: Any, calibration: torch.Tensor, tmp: Path) -> Any:
+        import onnxruntime as ort
+        from onnxruntime.quantization import (
+            CalibrationDataReader,
+            QuantFormat,
+            QuantType,
+            quantize_static,
+        )
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        from mscn_geo.backends import OnnxRuntimeRunner, export_graph
+
+        src = export_graph(self.loaded, self.meta.tile_size)  # from the cache
+        pre, q8 = tmp / "pre.onnx", tmp / "int8.onnx"
+        quant_pre_process(str(src), str(pre))
+        name = ort32.input_name
+        batches = [calibration[i : i + 8].float().numpy() for i in range(0, len(calibration), 8)]
+
+        class Reader(CalibrationDataReader):
+            def __init__(self) -> None:
+                self.it = iter(batches)
+
+            def get_next(self) -> dict[str, np.ndarray] | None:
+                x = next(self.it, None)
+                return None if x is None else {name: x}
+
+        quantize_static(
+            str(pre),
+            str(q8),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=["Conv"],
+        )
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = torch.get_num_threads()
+        session = ort.InferenceSession(str(q8), opts, providers=["CPUExecutionProvider"])
+        return OnnxRuntimeRunner(session, name, ort32.scale, ort32.shift)
+
+    def probs(self, name: str, x: torch.Tensor, batch: int) -> torch.Tensor:
+        with torch.inference_mode():
+            return torch.cat(
+                [self.fns[name](x[i : i + batch]).float() for i in range(0, len(x), batch)]
+            )
+
+
+def agreement(cands: Candidates, tiles: torch.Tensor, batch: int) -> dict[str, Any]:
+    x = normalise(cands.meta, tiles)
+    ref = cands.probs("torch_fp32", x, batch)
+    out: dict[str, Any] = {"tiles": len(x)}
+    for name in cands.fns:
+        if name == "torch_fp32":
+            continue
+        p = cands.probs(name, x, batch)
+        diff = (p - ref).abs()
+        same = float((p.argmax(1) == ref.argmax(1)).float().mean())
+        max_diff = float(diff.max())
+        out[name] = {
+            "same_class": round(same, 4),
+            "max_abs_dp": round(max_diff, 6),
+            "p99_abs_dp": round(float(diff.max(1).values.quantile(0.99)), 6),
+            "kept": same >= KEEP_AGREEMENT and max_diff <= KEEP_MAX_DIFF,
+        }
+    return out
+
+
+def model_only(cands: Candidates, names: list[str], batch: int, batches: int) -> dict[str, Any]:
+    """Tiles/s and CPU ms per tile of each candidate on the same random batch, interleaved."""
+    x = torch.randn(batch, 3, cands.meta.tile_size, cands.meta.tile_size)
+    out: dict[str, Any] = {}
+    with torch.inference_mode():
+        for name in names:
+            cands.fns[name](x)  # warm-up
+        for name in names:
+            fn = cands.fns[name]
+            w0, c0 = time.perf_counter(), time.process_time()
+            for _ in range(batches):
+                fn(x)
+            wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+            n = batch * batches
+            out[name] = {
+                "tiles_per_s": round(n / wall, 2),
+                "cpu_ms_per_tile": round(cpu / n * 1e3, 1),
+            }
+    return out
+
+
+def classify_command(scene: Path, out: Path, backend: str, batch: int) -> dict[str, Any]:
+    """The whole ``mscn-geo classify`` command, as a user runs it, in a subprocess."""
+    exe = Path(sys.executable).with_name("mscn-geo")  # the console script of this venv
+    cmd = [str(exe), "classify", str(scene), "--out", str(out)]
+    cmd += ["--backend", backend, "--device", "cpu", "--batch-size", str(batch)]
+    cmd += ["--overwrite", "--quiet", "--json"]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"classify failed ({proc.returncode}): {proc.stderr[-500:]}")
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {
+        "seconds": round(wall, 2),
+        "tiles": summary["classified"],
+        "summary_s": summary["seconds"],
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from mscn_geo.models import load_checkpoint
+
+    result: dict[str, Any] = {"benchmark": "backends", "machine": machine(torch.device("cpu"))}
+    loaded = load_checkpoint()
+    meta = loaded.meta
+    data = validation_tiles(meta, args.val_limit)
+    with tempfile.TemporaryDirectory(prefix="mscn-bench-backends-") as tmp_name:
+        tmp = Path(tmp_name)
+        calibration = (
+            data[1] if data else torch.randint(1, 255, (32, 3, 256, 256), dtype=torch.uint8)
+        )
+        cands = Candidates(loaded, calibration, tmp)
+        result["prepare_s"] = cands.prepare_s
+        if hasattr(cands, "int8_error"):
+            result["int8_error"] = cands.int8_error
+        result["agreement"] = (
+            agreement(cands, data[0], args.batch_size) if data else {"skipped": f"no {SHARED}"}
+        )
+        names = list(cands.fns)
+        result["model_only"] = model_only(cands, names, args.batch_size, args.model_batches)
+        result["model_only"]["load"] = round(os.getloadavg()[0], 2)
+
+        # The whole command vs eager fp32 model-only, alternating.
+        kept = ["onnxruntime"]
+        if isinstance(result["agreement"].get("onnxruntime_fp32"), dict):
+            kept = ["onnxruntime"] if result["agreement"]["onnxruntime_fp32"]["kept"] else []
+        backends = ["torch", *kept]
+        scene = write_scene(tmp / "scene.tif", args.size)
+        tiles = (args.size // meta.tile_size) ** 2
+        # The first run exports the graph into the cache (the command's one-time cost).
+        warm = write_scene(tmp / "warm.tif", meta.tile_size * 2)
+        for backend in backends:
+            classify_command(warm, tmp / "warm_out", backend, args.batch_size)
+        rounds = []
+        for _ in range(args.rounds):
+            ref = model_only(cands, ["torch_fp32"], args.batch_size, -(-tiles // args.batch_size))
+            ref_tps = ref["torch_fp32"]["tiles_per_s"]
+            entry: dict[str, Any] = {"eager_fp32_model_only_tiles_per_s": ref_tps}
+            for backend in backends:
+                cmd = classify_command(scene, tmp / "out", backend, args.batch_size)
+                tps = cmd["tiles"] / cmd["seconds"]
+                entry[f"command_{backend}"] = {
+                    **cmd,
+                    "tiles_per_s": round(tps, 2),
+                    "x_eager_fp32_model_only": round(tps / ref_tps, 3),
+                }
+            entry["load"] = round(os.getloadavg()[0], 2)
+            rounds.append(entry)
+    best = max(
+        backends, key=lambda b: np.median([r[f"command_{b}"]["tiles_per_s"] for r in rounds])
+    )
+    median_x = float(np.median([r[f"command_{best}"]["x_eager_fp32_model_only"] for r in rounds]))
+    result.update(
+        {
+            "scene": {"size_px": args.size, "tiles": tiles, "block": 256, "compress": "deflate"},
+            "batch_size": args.batch_size,
+            "rounds": rounds,
+            "best_backend": best,
+            "command_x_eager_fp32_model_only": round(median_x, 3),
+            "target": "mscn-geo classify tiles/s >= 1.3 x eager PyTorch fp32 model-only tiles/s",
+            "target_met": median_x >= 1.3,
+        }
+    )
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=8192, help="scene edge in px")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=2, help="model-only/command pairs")
+    parser.add_argument("--model-batches", type=int, default=6, help="batches per candidate")
+    parser.add_argument("--val-limit", type=int, default=None, help="validation tiles (all)")
+    parser.add_argument("--out", type=Path, default=None, help="JSON file to write")
+    args = parser.parse_args(argv)
+    result = finish(run(args), args.out)
+    print(json.dumps({k: result[k] for k in ("agreement", "model_only", "rounds")}, indent=1))
+    print(
+        f"best: {result['best_backend']}, command {result['command_x_eager_fp32_model_only']}x "
+        "eager fp32 model-only"
+    )
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,157 @@
+"""Reader only (no model): the pipeline's reader vs plain rasterio windowed reads.
+
+For a deflate and a JPEG tiled GeoTIFF and a COG (generated), tiles/s of the
+pipeline's reading stage (:func:`mscn_geo.pipeline.read_ahead` over
+:class:`mscn_geo.reader.TileReader`: decode, validity mask, nodata fraction) for
+1, 2, 4 and 8 worker threads, against plain single-threaded
+``rasterio.open(...).read(window=...)`` of the same windows. Per-worker
+efficiency = tiles/s(w) / (w x plain tiles/s); target >= 0.9 up to the core count.
+
+Also: the bundled model's FLOPs per tile (``torch.utils.flop_counter``) and, from
+an H100's dense bf16 peak and an assumed model FLOPs utilisation, the tiles/s one
+H100 would consume and how many reader workers at the measured rate that takes.
+
+    python benchmarks/bench_reader.py --out benchmarks/results/reader_cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from _common import finish, machine, write_scene
+
+H100_BF16_DENSE_FLOPS = 989e12  # H100 SXM, dense bf16 tensor-core peak (NVIDIA data sheet)
+
+
+def make_files(tmp: Path, size: int) -> dict[str, Path]:
+    import rasterio.shutil
+
+    files = {
+        "deflate": write_scene(tmp / "deflate.tif", size, compress="deflate"),
+        "jpeg": write_scene(tmp / "jpeg.tif", size, compress="jpeg"),
+    }
+    cog = tmp / "cog.tif"
+    rasterio.shutil.copy(files["deflate"], cog, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=256)
+    files["cog"] = cog
+    return files
+
+
+def plain_reads(path: Path, windows: list[Any]) -> float:
+    """Tiles/s of single-threaded rasterio windowed reads (masks included, as the reader)."""
+    import rasterio
+
+    with rasterio.open(path) as ds:
+        t0 = time.perf_counter()
+        for w in windows:
+            ds.read(window=w)
+            ds.read_masks(1, window=w)
+        return len(windows) / (time.perf_counter() - t0)
+
+
+def pipeline_reads(path: Path, workers: int, tile: int) -> tuple[float, int]:
+    from mscn_geo.models import ModelMeta
+    from mscn_geo.options import ClassifyOptions
+    from mscn_geo.pipeline import read_ahead
+    from mscn_geo.plan import plan_scene
+    from mscn_geo.reader import TileReader
+
+    meta = ModelMeta(class_names=["a", "b"], tile_size=tile)
+    plan = plan_scene(path, meta, ClassifyOptions())
+    tiles = list(plan.grid.iter_tiles(0, len(plan.grid)))
+    depth = max(32, workers * 4)  # as predict_tiles: 2 batches of 16, or 4 per worker
+    with TileReader(plan.info, plan.grid.tile) as reader:
+        t0 = time.perf_counter()
+        n = sum(1 for _ in read_ahead(reader, tiles, workers, depth))
+        return n / (time.perf_counter() - t0), n
+
+
+def model_flops(tile: int) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from mscn_geo.models import load_checkpoint
+
+    model = load_checkpoint().model.eval()
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model(torch.randn(1, 3, tile, tile))
+    return float(counter.get_total_flops())
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    result: dict[str, Any] = {"benchmark": "reader", "machine": machine(torch.device("cpu"))}
+    cores = os.cpu_count() or 1
+    per_file: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="mscn-bench-reader-") as tmp:
+        files = make_files(Path(tmp), args.size)
+        from rasterio.windows import Window
+
+        t = args.tile_size
+        windows = [
+            Window(c, r, t, t) for r in range(0, args.size, t) for c in range(0, args.size, t)
+        ]
+        for name, path in files.items():
+            plain_reads(path, windows[:8])  # warm the file cache
+            plain = max(plain_reads(path, windows) for _ in range(args.rounds))
+            entry: dict[str, Any] = {"plain_tiles_per_s": round(plain, 1), "workers": {}}
+            for w in args.workers:
+                tps = max(pipeline_reads(path, w, t)[0] for _ in range(args.rounds))
+                entry["workers"][str(w)] = {
+                    "tiles_per_s": round(tps, 1),
+                    "per_worker_vs_plain": round(tps / (w * plain), 3),
+                    "vs_plain": round(tps / plain, 3),
+                }
+            entry["load"] = round(os.getloadavg()[0], 2)
+            per_file[name] = entry
+    flops = model_flops(args.tile_size)
+    need = args.mfu * H100_BF16_DENSE_FLOPS / flops
+    plain_rates = [v["plain_tiles_per_s"] for v in per_file.values()]
+    worst = min(plain_rates)
+    result.update(
+        {
+            "scene": {"size_px": args.size, "tile_size": args.tile_size, "tiles": len(windows)},
+            "files": per_file,
+            "target": "per worker >= 0.9 x plain single-threaded reads, up to the core count",
+            "target_met": all(
+                v["workers"][str(w)]["per_worker_vs_plain"] >= 0.9
+                for v in per_file.values()
+                for w in args.workers
+                if w <= cores
+            ),
+            "gpu_feed": {
+                "model_gflops_per_tile": round(flops / 1e9, 3),
+                "h100_bf16_dense_tflops": H100_BF16_DENSE_FLOPS / 1e12,
+                "assumed_mfu": args.mfu,
+                "h100_tiles_per_s": round(need),
+                "reader_tiles_per_s_per_core_slowest_format": worst,
+                "reader_cores_needed": math.ceil(need / worst),
+            },
+        }
+    )
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=4096, help="scene edge in px")
+    parser.add_argument("--tile-size", type=int, default=256)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--rounds", type=int, default=2, help="best of this many")
+    parser.add_argument("--mfu", type=float, default=0.35, help="assumed H100 FLOPs use")
+    parser.add_argument("--out", type=Path, default=None, help="JSON file to write")
+    args = parser.parse_args(argv)
+    result = finish(run(args), args.out)
+    for name, v in result["files"].items():
+        ws = ", ".join(f"{w}: {x['per_worker_vs_plain']}" for w, x in v["workers"].items())
+        print(f"{name}: plain {v['plain_tiles_per_s']} tiles/s; per-worker vs plain {ws}")
+    print(result["gpu_feed"])
+    return result
+
+
+if __name__ == "__main__":
+    main()
