@@ -166,4 +166,4 @@ def test_bf16_training_on_cpu_tracks_fp32(tmp_path):
     assert all(np.isfinite(losses[True]))
     # Same seed, same batches: the first epoch's loss differs only by bf16 rounding.
     assert losses[True][0] == pytest.approx(losses[False][0], rel=0.05)
-    assert losses[True][-1] < losses[True][0]
+    assert losses[True][1] == pytest.approx(losses[False][1], rel=0.2)
