@@ -58,6 +58,7 @@ def plan(device: str, quick: bool, extra: bool = False) -> list[tuple[str, str, 
             ("pipeline_cpu_torch", "bench_pipeline.py", [*cpu, "--backend", "torch"]),
             ("backends_cpu", "bench_backends.py", ["--rounds", "1", "--model-batches", "4"]),
             ("reader_cpu", "bench_reader.py", []),
+            ("batch_startup_cpu", "bench_batch_startup.py", []),
             ("scale_cpu", "bench_scale.py", cpu),
             (
                 "scale_cpu_resnet18",
@@ -82,7 +83,7 @@ def plan(device: str, quick: bool, extra: bool = False) -> list[tuple[str, str, 
             runs.append(("msc_cuda", "bench_msc.py", ["--device", device]))
             runs.append(("msc_cuda_amp", "bench_msc.py", ["--device", device, "--amp"]))
         else:
-            runs.append(("msc_cpu", "bench_msc.py", []))
+            runs.append(("msc_cpu", "bench_msc.py", ["--rounds", "4", "--repeats", "2"]))
     return runs
 
 

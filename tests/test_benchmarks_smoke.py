@@ -92,3 +92,20 @@ def test_run_all_plans_every_benchmark(bench) -> None:
         assert {"bench_pipeline.py", "bench_scale.py", "bench_torchgeo.py"} <= scripts
         assert all((BENCH / script).exists() for script in scripts)
         assert len({name for name, _, _ in runs}) == len(runs)
+
+
+def test_reader_smoke(bench, tmp_path: Path) -> None:
+    out = tmp_path / "reader.json"
+    result = bench("bench_reader").main(
+        ["--size", "512", "--workers", "1", "2", "--rounds", "1", "--out", str(out)]
+    )
+    check_machine(result)
+    assert set(result["files"]) == {"deflate", "jpeg", "cog"}
+    for entry in result["files"].values():
+        assert entry["plain_tiles_per_s"] > 0
+        one, two = entry["workers"]["1"], entry["workers"]["2"]
+        assert two["per_worker_vs_plain"] == pytest.approx(two["vs_plain"] / 2, abs=2e-3)
+        assert one["per_worker_vs_plain"] == pytest.approx(one["vs_plain"], abs=2e-3)
+    feed = result["gpu_feed"]
+    assert 4 < feed["model_gflops_per_tile"] < 7  # MSCN-ResNet18 at 256 px: 5.15 GFLOPs
+    assert feed["reader_cores_needed"] >= 1
