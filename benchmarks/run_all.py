@@ -78,6 +78,16 @@ def plan(device: str, quick: bool, extra: bool = False) -> list[tuple[str, str, 
                     [*cpu, "--backend", "torch", "--compile", "--rounds", "2"],
                 ),
             ]
+        # Benchmarks of other features, run when present. The chips fine-tune trains
+        # for minutes: the default set times chip extraction and zero-shot only.
+        finetune = [] if extra else ["--skip-train"]
+        others = [
+            ("overlap_cpu", "bench_overlap.py", []),
+            ("quicklook_cpu", "bench_quicklook.py", []),
+            ("chips_finetune_cpu", "bench_chips_finetune.py", finetune),
+            ("interop_cpu", "bench_interop.py", []),
+        ]
+        runs += [run for run in others if (HERE / run[1]).exists()]
     if (HERE / "bench_msc.py").exists():
         if device.startswith("cuda"):
             runs.append(("msc_cuda", "bench_msc.py", ["--device", device]))
@@ -93,7 +103,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke run)")
     parser.add_argument("--only", nargs="*", default=None, help="result names to run")
-    parser.add_argument("--extra", action="store_true", help="also the settled CPU variants")
+    parser.add_argument(
+        "--extra",
+        action="store_true",
+        help="also the settled CPU variants and the full chips fine-tune (longer than 15 min)",
+    )
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     summary: dict[str, dict[str, object]] = {}
