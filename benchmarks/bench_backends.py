@@ -51,7 +51,7 @@ def validation_tiles(meta: Any, limit: int | None) -> tuple[torch.Tensor, torch.
     recipe = meta.recipe or {}
     train, val = stratified_split(ds.labels, recipe.get("val_fraction", 0.2), recipe.get("seed", 0))
     val = val[:limit] if limit else val
-    return ds.images[val], ds.images[train[::16]]
+    return ds.images[val], ds.images[train[::8]]
 
 
 def normalise(meta: Any, pixels: torch.Tensor) -> torch.Tensor:
