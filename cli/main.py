@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import typer
 import typer.main
-from mscn_geo_cli import classify, evaluate, export, info, train  # noqa: F401  (register commands)
+from mscn_geo_cli import chips, classify, evaluate, export, info, train  # noqa: F401  (register commands)
 from mscn_geo_cli.app import app
 from mscn_geo_cli.errors import cli_message
 

@@ -22,6 +22,7 @@ from mscn_geo.errors import MscnGeoError, OutputError
 __all__ = [
     "PAM_SUFFIX",
     "atomic_file",
+    "atomic_folder",
     "atomic_outputs",
     "check_destination",
     "claim_outputs",
@@ -113,13 +114,7 @@ def _remove(path: Path) -> None:
             path.unlink()
 
 
-def check_destination(finals: Sequence[Path], overwrite: bool) -> None:
-    """Refuse to write ``finals``: a missing or unwritable folder, or (without
-    ``overwrite``) a final or a sidecar of it that exists.
-
-    Raises:
-        OutputError: ``"<path> exists; use --overwrite"`` and folder problems.
-    """
+def _check_folders(finals: Sequence[Path]) -> None:
     for folder in dict.fromkeys(path.parent for path in finals):
         if not folder.exists():
             raise OutputError(f"output folder {folder} does not exist")
@@ -127,6 +122,16 @@ def check_destination(finals: Sequence[Path], overwrite: bool) -> None:
             raise OutputError(f"output folder {folder} is not a folder")
         if not os.access(folder, os.W_OK | os.X_OK):
             raise OutputError(f"output folder {folder} is not writable")
+
+
+def check_destination(finals: Sequence[Path], overwrite: bool) -> None:
+    """Refuse to write ``finals``: a missing or unwritable folder, or (without
+    ``overwrite``) a final or a sidecar of it that exists.
+
+    Raises:
+        OutputError: ``"<path> exists; use --overwrite"`` and folder problems.
+    """
+    _check_folders(finals)
     if overwrite:
         for final in finals:
             if final.is_dir():
@@ -345,3 +350,83 @@ def atomic_outputs(finals: Sequence[Path], overwrite: bool = False) -> Iterator[
                 _remove(final_side)
     for folder in dict.fromkeys(final.parent for final in finals):
         _fsync(folder)
+
+
+def _remove_stale_folders(final: Path) -> None:
+    """Remove temporary folders of ``final`` left by killed runs (their pid is gone)."""
+    for entry in final.parent.glob(f".{final.stem}.*.partial*"):
+        match = _TEMPORARY.match(entry.name)
+        if match and match["stem"] == final.stem and not _pid_alive(int(match["pid"])):
+            with contextlib.suppress(OSError):
+                _remove(entry)
+
+
+def _replaceable(folder: Path, marker: str | None) -> bool:
+    if not any(folder.iterdir()):
+        return True
+    return marker is not None and (folder / marker).is_file()
+
+
+@contextlib.contextmanager
+def atomic_folder(
+    final: Path, overwrite: bool = False, marker: str | None = None
+) -> Iterator[Path]:
+    """Write a whole output folder so it appears complete or not at all.
+
+    Yields a hidden temporary folder next to ``final`` (``.<name>.<pid>.partial``);
+    the block fills it. On normal exit its files are fsynced and it is renamed
+    to ``final``; on an exception (Ctrl-C included) it is removed and the
+    exception re-raised, leaving ``final`` as it was.
+
+    With ``overwrite`` an existing ``final`` is replaced only when it is empty
+    or holds ``marker`` (a file only our own output has), so a mistyped
+    ``--out`` never deletes somebody's folder; the old folder is moved aside
+    before the new one is renamed in and deleted after.
+
+    Raises:
+        OutputError: ``final`` exists (without ``overwrite``), is a file, is not
+            ours to replace, its parent is missing or not writable; a full disk.
+    """
+    final = Path(final)
+    parent = final.parent
+    _check_folders([final])
+    if final.exists() or final.is_symlink():
+        if not final.is_dir() or final.is_symlink():
+            raise OutputError(f"{final} exists and is not a folder")
+        if not overwrite:
+            raise OutputError(f"{final} exists; use --overwrite")
+        if not _replaceable(final, marker):
+            raise OutputError(
+                f"{final} exists and is not an mscn-geo output folder (no {marker}); "
+                "refusing to replace it: choose another folder"
+            )
+    _remove_stale_folders(final)
+    temp = temporary_path(final)
+    _remove(temp)  # leftover of a killed run that had the same pid
+    temp.mkdir()
+    try:
+        yield temp
+        for path in sorted(temp.rglob("*")):
+            if path.is_file():
+                _fsync(path)
+        _fsync(temp)
+    except BaseException as exc:
+        disk_full = _is_disk_full(exc, parent)
+        _remove(temp)
+        if disk_full:
+            raise OutputError(f"disk full while writing {final}") from exc
+        raise
+    # Named like a temporary, so that a run killed right here leaves nothing for long.
+    old = final.with_name(f".{final.stem}.{os.getpid()}.partial.old{final.suffix}")
+    if final.exists():
+        _remove(old)
+        os.replace(final, old)
+    try:
+        os.replace(temp, final)
+    except BaseException:
+        if old.exists() and not final.exists():
+            os.replace(old, final)
+        _remove(temp)
+        raise
+    _remove(old)
+    _fsync(parent)
