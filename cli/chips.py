@@ -80,7 +80,7 @@ def chips(
             help="Edge of the spatial split's blocks, in tiles; a block is train or val whole.",
             min=1,
         ),
-    ] = 4,
+    ] = 2,
     min_chips: Annotated[
         int,
         typer.Option("--min-chips", help="Warn about classes with fewer chips.", min=0),

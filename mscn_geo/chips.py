@@ -20,7 +20,8 @@ at its origin so scenes in one CRS share blocks); a chip belongs to the block
 holding its centre. Blocks are visited in a seeded pseudo-random order and
 one goes to validation while it brings a class still below its share
 (``val_fraction`` of that class's chips) without overshooting any class by
-more than half its share. Then every training chip that overlaps a
+more than half its share (a class without validation chips yet may take a
+block of up to half its chips). Then every training chip that overlaps a
 validation chip (in the labels' CRS, so overlapping scenes count too) is
 dropped: no pixel of the ground is on both sides.
 """
@@ -39,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import rasterio
 
 from mscn_geo.errors import InputError, OptionError
 from mscn_geo.labels import LabelLayer, SceneLabels, read_labels, read_pixels_transform
@@ -87,7 +89,7 @@ class ChipOptions:
     min_cover: float = 0.9
     val_fraction: float = 0.2
     seed: int = 0
-    block_tiles: int = 4
+    block_tiles: int = 2
     min_chips: int = 20
     overwrite: bool = False
 
@@ -302,14 +304,15 @@ def _cut_scene(
         return _Cut([], 0, 0)
     tiles = grid.tiles()
     footprints = [_footprint(info.transform, t) for t in tiles]
-    hit = np.unique(labels.frame.sindex.query(footprints, predicate="intersects")[0])
+    hit = labels.touching(footprints)
     candidates = [tiles[i] for i in hit]
     block = _block_size(plan, options.block_tiles)
     chips: list[_Chip] = []
     ambiguous = 0
     total = len(candidates)
     read = options.read
-    with TileReader(info, grid.tile) as reader:
+    crs_text = _crs_text(info.crs)
+    with TileReader(info, grid.tile) as reader, rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
         items = read_ahead(reader, candidates, read.workers, max(4, read.workers * 4))
         for done, item in enumerate(items, start=1):
             if progress is not None:
@@ -334,7 +337,7 @@ def _cut_scene(
             _write_chip(folder / rel, item.pixels, valid, info, tile, shape)
             centre = footprint.centroid
             bx, by = math.floor(centre.x / block), math.floor(centre.y / block)
-            key = f"{_crs_text(info.crs)}|{bx}|{by}"
+            key = f"{crs_text}|{bx}|{by}"
             chips.append(_Chip(index, tile, name, covers[name], rel, footprint, key))
     if progress is not None and total == 0:
         progress(info.path, 0, 0)
@@ -351,8 +354,6 @@ def _block_size(plan: ScenePlan, block_tiles: int) -> float:
 def _write_chip(
     path: Path, pixels: np.ndarray, valid: np.ndarray, info: Any, tile: Tile, shape: tuple[int, int]
 ) -> None:
-    import rasterio
-
     path.parent.mkdir(exist_ok=True)
     bands, h, w = pixels.shape
     profile = {
@@ -365,7 +366,7 @@ def _write_chip(
         "transform": read_pixels_transform(tile.window, info.transform, shape),
         "compress": "deflate",
     }
-    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(path, "w", **profile) as dst:
+    with rasterio.open(path, "w", **profile) as dst:  # an internal mask: see _cut_scene
         dst.write(pixels)
         if not valid.all():
             dst.write_mask(valid.astype(np.uint8) * 255)
@@ -406,7 +407,12 @@ def _split(
     for key in sorted(blocks, key=lambda k: (_hash(options.seed, k), k)):
         counts = blocks[key]
         helps = any(val[c] < target[c] for c in counts)
-        fits = all(val[c] + n <= 1.5 * target[c] for c, n in counts.items())
+        # A class without validation chips may take a block of up to half its
+        # chips: few large blocks would otherwise leave it unvalidated.
+        fits = all(
+            val[c] + n <= 1.5 * target[c] or (val[c] == 0 and n <= 0.5 * totals[c])
+            for c, n in counts.items()
+        )
         if helps and fits:
             chosen.add(key)
             val.update(counts)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,15 +67,25 @@ def _box(bounds: tuple[float, float, float, float]) -> Any:
     return shapely.box(*bounds)
 
 
-@dataclass
 class SceneLabels:
-    """Label polygons of one scene, in the scene's CRS."""
+    """Label polygons of one scene, in the scene's CRS, indexed for per-window queries."""
 
-    frame: Any  # geopandas.GeoDataFrame with "class"
-    classes: list[str]
+    def __init__(self, frame: Any, classes: list[str]) -> None:
+        import shapely
+
+        self.frame = frame  # geopandas.GeoDataFrame with "class"
+        self.classes = classes
+        self._geoms = np.asarray(frame.geometry.values, dtype=object)
+        self._names = np.asarray(frame["class"], dtype=object)
+        shapely.prepare(self._geoms)
+        self._tree = shapely.STRtree(self._geoms)
 
     def __len__(self) -> int:
-        return len(self.frame)
+        return len(self._geoms)
+
+    def touching(self, footprints: Sequence[Any]) -> np.ndarray:
+        """Indexes into ``footprints`` of those that intersect some polygon (sorted, unique)."""
+        return np.unique(self._tree.query(footprints, predicate="intersects")[0])
 
     def cover(
         self, footprint: Any, transform: Affine, shape: tuple[int, int]
@@ -82,7 +93,7 @@ class SceneLabels:
         """Per class, a (h, w) bool mask of the pixels whose centre lies in its polygons.
 
         Args:
-            footprint: the window's polygon in the scene CRS (to find candidates).
+            footprint: the window's polygon in the scene CRS.
             transform: affine of the pixels as read (a resampled window has
                 larger pixels than the scene).
             shape: (h, w) of the pixels as read.
@@ -92,13 +103,15 @@ class SceneLabels:
         """
         from rasterio.features import geometry_mask
 
-        hits = self.frame.sindex.query(footprint, predicate="intersects")
-        if len(hits) == 0:
-            return {}
-        rows = self.frame.iloc[hits]
+        hits = self._tree.query(footprint, predicate="intersects")
         masks = {}
-        for name, group in rows.groupby("class", sort=True):
-            mask = geometry_mask(list(group.geometry), shape, transform, invert=True)
+        for name in sorted(set(self._names[hits])):
+            geoms = self._geoms[hits[self._names[hits] == name]]
+            if any(g.contains(footprint) for g in geoms):
+                # Inside one polygon: every pixel centre is (most windows of a field).
+                mask = np.ones(shape, dtype=bool)
+            else:
+                mask = geometry_mask(list(geoms), shape, transform, invert=True)
             if mask.any():
                 masks[str(name)] = mask
         return masks
