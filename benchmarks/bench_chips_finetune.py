@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     from mscn_geo.chips import ChipOptions, make_chips
     from mscn_geo.models import load_checkpoint
-    from mscn_geo.predict import ClassifyOptions
+    from mscn_geo.options import ClassifyOptions
 
     if not SHARED.is_dir():
         raise SystemExit(f"skipped: UC Merced not found at {SHARED}")

@@ -11,12 +11,15 @@ import typer
 from mscn_geo_cli import options as opt
 from mscn_geo_cli.app import app
 
+from mscn_geo.chip_options import ChipOptions
+
 
 @app.command()
 def chips(
     scenes: Annotated[
         list[str],
         typer.Argument(
+            metavar="SCENES",
             help="Scenes: files, glob patterns, folders (their .tif/.tiff/.vrt files), "
             "or - to read paths from stdin.",
             show_default=False,
@@ -26,6 +29,7 @@ def chips(
         Path,
         typer.Option(
             "--labels",
+            metavar="FILE",
             help="Polygon layer of your classes (GeoPackage, GeoJSON, Shapefile...), any CRS.",
             dir_okay=False,
             show_default=False,
@@ -35,61 +39,36 @@ def chips(
         str,
         typer.Option(
             "--class-field",
+            metavar="NAME",
             help="Field of --labels naming each polygon's class (values become class names).",
             show_default=False,
         ),
     ],
-    out: Annotated[
+    out_dir: Annotated[
         Path,
         typer.Option(
             "--out",
             "-o",
+            metavar="DIR",
             help="Chip folder to create: one folder per class, chips.gpkg, chips.json.",
             file_okay=False,
             show_default=False,
         ),
     ],
-    layer: Annotated[
-        str | None,
-        typer.Option("--layer", help="Layer of --labels (needed when it has several)."),
-    ] = None,
+    layer: str | None = opt.from_field(ChipOptions, "layer"),
     model: opt.ModelPath = None,
     tile_size: opt.TileSize = None,
     stride: opt.Stride = None,
     bands: opt.Bands = None,
     scale: opt.Scale = None,
     resample: opt.Resample = False,
-    min_cover: Annotated[
-        float,
-        typer.Option(
-            "--min-cover",
-            help="Share of a window's valid pixels one class must cover to make a chip.",
-        ),
-    ] = 0.9,
-    val_fraction: Annotated[
-        float,
-        typer.Option(
-            "--val-fraction", help="Share of each class's chips for validation (0: none)."
-        ),
-    ] = 0.2,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the spatial split.")] = 0,
-    block_tiles: Annotated[
-        int,
-        typer.Option(
-            "--block-tiles",
-            help="Edge of the spatial split's blocks, in tiles; a block is train or val whole.",
-            min=1,
-        ),
-    ] = 2,
-    min_chips: Annotated[
-        int,
-        typer.Option("--min-chips", help="Warn about classes with fewer chips.", min=0),
-    ] = 20,
+    min_cover: float = opt.from_field(ChipOptions, "min_cover"),
+    val_fraction: float = opt.from_field(ChipOptions, "val_fraction"),
+    seed: int = opt.from_field(ChipOptions, "seed"),
+    block_tiles: int = opt.from_field(ChipOptions, "block_tiles", min=1),
+    min_chips: int = opt.from_field(ChipOptions, "min_chips", min=0),
     workers: opt.Workers = 2,
-    overwrite: Annotated[
-        bool,
-        typer.Option("--overwrite", help="Replace --out if it is a chip folder made before."),
-    ] = False,
+    overwrite: bool = opt.from_field(ChipOptions, "overwrite"),
     json_out: opt.Json = False,
     quiet: opt.Quiet = False,
     debug: opt.Debug = False,
@@ -104,15 +83,15 @@ def chips(
     appears complete or not at all.
     """
     from mscn_geo.batch import expand_scenes, raise_on_signals
-    from mscn_geo.chips import ChipOptions, make_chips
+    from mscn_geo.chips import make_chips
     from mscn_geo.models import read_checkpoint
     from mscn_geo.models.checkpoint import BUNDLED_MODEL, meta_from_dict
-    from mscn_geo.predict import ClassifyOptions
+    from mscn_geo.options import ClassifyOptions
 
     options = ChipOptions(
         labels=labels,
         class_field=class_field,
-        out_dir=out,
+        out_dir=out_dir,
         layer=layer,
         read=ClassifyOptions(
             tile_size=tile_size,

@@ -35,18 +35,20 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import rasterio
 
+from mscn_geo.chip_options import ChipOptions
 from mscn_geo.errors import InputError, OptionError
 from mscn_geo.labels import LabelLayer, SceneLabels, read_labels, read_pixels_transform
 from mscn_geo.models.checkpoint import ModelMeta
+from mscn_geo.outputs import footprints
 from mscn_geo.pipeline import read_ahead
-from mscn_geo.predict import ClassifyOptions, ScenePlan, plan_scene
+from mscn_geo.plan import ScenePlan, plan_scene
 from mscn_geo.reader import TileReader
 from mscn_geo.tiling import Tile
 
@@ -57,64 +59,6 @@ CHIPS_GPKG = "chips.gpkg"
 FORMAT = "mscn-geo-chips"
 #: (scene, tiles done, tiles to look at)
 ChipsProgress = Callable[[Path, int, int], None]
-
-
-@dataclass
-class ChipOptions:
-    """Options of :func:`make_chips` (the ``mscn-geo chips`` options).
-
-    Attributes:
-        labels: the label layer file; ``layer``: which layer (needed when the
-            file has several).
-        class_field: the field naming each polygon's class (values become
-            folder and model class names).
-        out_dir: the chip folder to create.
-        read: how scenes are read: ``tile_size``, ``stride``, ``bands``,
-            ``scale``, ``resample`` and ``workers`` mean what they mean for
-            classify (the other fields are not used; scenes smaller than one
-            tile are refused rather than padded).
-        min_cover: share of a window's valid pixels one class must cover, in (0, 1].
-        val_fraction: share of each class's chips aimed at validation, in [0, 1).
-        seed: seed of the block order of the split.
-        block_tiles: split-block edge in tiles.
-        min_chips: a class with fewer chips gets a warning.
-        overwrite: replace an existing chip folder (only one made by this command).
-    """
-
-    labels: Path
-    class_field: str
-    out_dir: Path
-    layer: str | None = None
-    read: ClassifyOptions = field(default_factory=ClassifyOptions)
-    min_cover: float = 0.9
-    val_fraction: float = 0.2
-    seed: int = 0
-    block_tiles: int = 2
-    min_chips: int = 20
-    overwrite: bool = False
-
-    def check(self) -> None:
-        self.read.check()
-        if not 0.0 < self.min_cover <= 1.0:
-            raise OptionError(f"--min-cover must be in (0, 1], got {self.min_cover:g}")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise OptionError(f"--val-fraction must be in [0, 1), got {self.val_fraction:g}")
-        if self.block_tiles < 1:
-            raise OptionError(f"--block-tiles must be at least 1, got {self.block_tiles}")
-        if self.min_chips < 0:
-            raise OptionError(f"--min-chips must be 0 or more, got {self.min_chips}")
-
-    def read_options(self) -> ClassifyOptions:
-        """classify's options for reading the scenes (padding off: no padded chips)."""
-        return ClassifyOptions(
-            tile_size=self.read.tile_size,
-            stride=self.read.stride,
-            bands=self.read.bands,
-            scale=self.read.scale,
-            resample=self.read.resample,
-            workers=self.read.workers,
-            pad=False,
-        )
 
 
 @dataclass
@@ -273,17 +217,6 @@ def _extent_text(bounds: Sequence[float]) -> str:
     return ", ".join(f"{v:.6g}" for v in bounds)
 
 
-def _footprint(transform: Any, tile: Tile) -> Any:
-    """The window of ``tile`` as a polygon in map coordinates (all four corners transformed)."""
-    import shapely
-
-    w = tile.window
-    c0, r0, c1, r1 = w.col_off, w.row_off, w.col_off + w.width, w.row_off + w.height
-    return shapely.Polygon(
-        [transform @ (c, r) for c, r in ((c0, r0), (c1, r0), (c1, r1), (c0, r1))]
-    )
-
-
 @dataclass
 class _Cut:
     chips: list[_Chip]
@@ -303,8 +236,8 @@ def _cut_scene(
     if not len(labels):
         return _Cut([], 0, 0)
     tiles = grid.tiles()
-    footprints = [_footprint(info.transform, t) for t in tiles]
-    hit = labels.touching(footprints)
+    shapes = footprints(info, tiles)
+    hit = labels.touching(shapes)
     candidates = [tiles[i] for i in hit]
     block = _block_size(plan, options.block_tiles)
     chips: list[_Chip] = []
@@ -319,7 +252,7 @@ def _cut_scene(
                 progress(info.path, done, total)
             if item.pixels is None or item.valid is None:
                 continue  # entirely nodata
-            footprint = footprints[hit[done - 1]]
+            footprint = shapes[hit[done - 1]]
             shape = item.valid.shape
             masks = labels.cover(
                 footprint, read_pixels_transform(item.tile.window, info.transform, shape), shape
@@ -501,15 +434,14 @@ def _count_warnings(counts: dict[str, dict[str, int]], options: ChipOptions) -> 
 def _write_gpkg(path: Path, chips: list[_Chip], plans: list[ScenePlan], labels: LabelLayer) -> None:
     """Chip footprints in the scenes' CRS (the labels' CRS when the scenes' differ), styled."""
     import geopandas
-    import pyogrio
 
-    from mscn_geo.io import class_colours, polygon_style_qml
-    from mscn_geo.io.vector import add_layer_style
+    from mscn_geo.io import class_colours
+    from mscn_geo.io.vector import write_polygon_layer
 
     crs = _common_crs(plans) or labels.crs
     frame = geopandas.GeoDataFrame(
         {
-            "class": [c.name for c in chips],
+            "class_name": [c.name for c in chips],
             "scene": [str(plans[c.scene].info.path) for c in chips],
             "split": [c.split for c in chips],
             "path": [c.path for c in chips],
@@ -520,17 +452,8 @@ def _write_gpkg(path: Path, chips: list[_Chip], plans: list[ScenePlan], labels: 
         geometry=_footprints_in(chips, plans, crs),
         crs=crs,
     )
-    pyogrio.write_dataframe(
-        frame,
-        path,
-        layer="chips",
-        driver="GPKG",
-        geometry_type="Polygon",
-        promote_to_multi=False,
-        dataset_options={"VERSION": "1.2"},
-    )
     names = sorted({c.name for c in chips})
-    add_layer_style(path, "chips", polygon_style_qml(names, class_colours(names), field="class"))
+    write_polygon_layer(path, frame, "chips", names, class_colours(names))
 
 
 def _describe(

@@ -184,7 +184,8 @@ def read_labels(
         if len(layers) > 1:
             raise OptionError(
                 f"labels {path} have {len(layers)} layers ({', '.join(layers)}); "
-                "pick one with --layer"
+                "pick one with layer",
+                field="layer",
             )
         layer = layers[0]
     elif layer not in layers:

@@ -20,7 +20,8 @@ from mscn_geo import chips as chips_module
 from mscn_geo.chips import ChipOptions, make_chips
 from mscn_geo.data import read_image
 from mscn_geo.models import load_checkpoint
-from mscn_geo.predict import ClassifyOptions, plan_scene
+from mscn_geo.options import ClassifyOptions
+from mscn_geo.plan import plan_scene
 from mscn_geo.reader import TileReader
 
 TILE, STRIDE = 64, 32
@@ -93,7 +94,7 @@ def test_chips_are_classify_tiles_and_cover_one_class(
     meta = load_checkpoint(tiny_checkpoint).meta
     frame = gpd.read_file(out / "chips.gpkg", layer="chips")
     assert result.chips == len(frame) > 0
-    assert set(frame["class"]) == {"water", "urban", "forest"}
+    assert set(frame["class_name"]) == {"water", "urban", "forest"}
     label_frame = gpd.read_file(labels)
     for scene in scenes:
         plan = plan_scene(scene, meta, ClassifyOptions(tile_size=TILE, stride=STRIDE))
@@ -123,7 +124,9 @@ def test_chips_are_classify_tiles_and_cover_one_class(
             if len(winners) == 1:
                 expected[(tile.row, tile.col)] = winners[0]
         mine = frame[frame["scene"] == str(scene)]
-        got = {(r, c): k for r, c, k in zip(mine["row"], mine["col"], mine["class"], strict=True)}
+        got = {
+            (r, c): k for r, c, k in zip(mine["row"], mine["col"], mine["class_name"], strict=True)
+        }
         assert got == expected, scene.name
         with TileReader(info, grid.tile) as reader:
             for _, row in mine.iterrows():
@@ -179,7 +182,7 @@ def test_spatial_split_puts_no_overlapping_chips_on_both_sides(scenes, tmp_path,
     train, val = frame[frame["split"] == "train"], frame[frame["split"] == "val"]
     assert len(train) and len(val)
     for name in ("water", "urban", "forest"):
-        assert (val["class"] == name).any() and (train["class"] == name).any()
+        assert (val["class_name"] == name).any() and (train["class_name"] == name).any()
     tree = shapely.STRtree(list(val.geometry))
     for geom in train.geometry:
         for j in tree.query(geom, predicate="intersects"):
@@ -214,10 +217,10 @@ def test_gpkg_opens_styled_by_class(scenes, tmp_path, tiny_checkpoint) -> None:
     gpkg = tmp_path / "chips" / "chips.gpkg"
     frame = gpd.read_file(gpkg, layer="chips")
     assert frame.crs is not None and frame.crs.to_epsg() == 4326  # scenes in two CRSs: labels'
-    assert set(frame.columns) >= {"class", "scene", "split", "path", "geometry"}
+    assert set(frame.columns) >= {"class_name", "scene", "split", "path", "geometry"}
     (style,) = read_layer_styles(gpkg)
     assert style["f_table_name"] == "chips" and style["useAsDefault"]
-    assert 'attr="class"' in style["styleQML"]
+    assert 'attr="class_name"' in style["styleQML"]
     assert all(f'value="{n}"' in style["styleQML"] for n in ("water", "urban", "forest"))
     import sqlite3
 
