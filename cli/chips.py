@@ -20,8 +20,8 @@ def chips(
         list[str],
         typer.Argument(
             metavar="SCENES",
-            help="Scenes: files, glob patterns, folders (their .tif/.tiff/.vrt files), "
-            "or - to read paths from stdin.",
+            help="Scenes (local files): paths, glob patterns, folders (their .tif/.tiff/.vrt "
+            "files), or - to read paths from stdin.",
             show_default=False,
         ),
     ],

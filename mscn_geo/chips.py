@@ -159,6 +159,12 @@ def make_chips(
         warnings.extend(f"{plan.info.path.name}: {w}" for w in plan.warnings)
         if not len(scene_labels):
             warnings.append(f"{plan.info.path.name}: no label polygon overlaps it")
+    if len({tuple(p.info.band_indexes) for p in plans}) > 1:
+        used = ", ".join(f"{p.info.path.name} {p.info.band_indexes}" for p in plans)
+        warnings.append(
+            f"the scenes were read with different bands ({used}); chips.json records the first "
+            "scene's: pass --bands to read them all alike"
+        )
     out = Path(options.out_dir)
     with atomic_folder(out, overwrite=options.overwrite, marker=CHIPS_JSON) as tmp:
         chips: list[_Chip] = []
