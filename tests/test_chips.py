@@ -251,7 +251,7 @@ def test_interrupted_run_leaves_nothing(scenes, tmp_path, tiny_checkpoint, monke
 def test_end_to_end_chips_train_classify_has_user_classes(
     scenes, make_scene, tmp_path, tiny_checkpoint
 ) -> None:
-    from mscn_geo.train import TrainConfig, train
+    from mscn_geo.training import TrainConfig, train
     from tests.conftest import classify_and_read
 
     labels = _labels(scenes, tmp_path / "labels.geojson")
@@ -264,6 +264,8 @@ def test_end_to_end_chips_train_classify_has_user_classes(
     train(tmp_path / "m.pt", cfg, data_dir=out)
     model = load_checkpoint(tmp_path / "m.pt")
     assert model.meta.class_names == ["forest", "urban", "water"]
+    # chips.json reached the checkpoint: 0.5 m chips of 64 px trained at 32 px.
+    assert model.meta.pixel_size_m == pytest.approx(1.0)
     small = make_scene(96, 64, name="small.tif")  # over scene a's water and urban
     result, frame, _, _ = classify_and_read(small, model, tmp_path / "map")
     assert set(frame["class_name"]) <= {"forest", "urban", "water"} and len(frame) > 0
