@@ -185,6 +185,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--val-fraction", type=float, default=0.2)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--skip-train", action="store_true", help="chips and zero-shot only")
+    parser.add_argument("--skip-scratch", action="store_true", help="no from-scratch run")
     parser.add_argument("--train-args", default="", help="extra options for both train runs")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -254,20 +255,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             chips_dir = str(work / "chips")
             ft, ft_s, ft_cpu = cli("train", chips_dir, "--init", "bundled", "--device", "cpu",
                                    "--out", str(work / "ft.pt"), *extra)  # fmt: skip
-            same = {k: v for k, v in FINE_TUNE_DEFAULTS.items()
-                    if k not in ("backbone_lr_scale", "freeze_epochs")}  # fmt: skip
-            flags = {"mixup_alpha": "--mixup", "cutmix_alpha": "--cutmix",
-                     "randaugment_magnitude": "--randaugment"}  # fmt: skip
-            scratch_args = []
-            for key, value in same.items():
-                scratch_args += [flags.get(key, "--" + key.replace("_", "-")), str(value)]
-            sc, sc_s, sc_cpu = cli("train", chips_dir, "--device", "cpu",
-                           "--out", str(work / "scratch.pt"), *scratch_args, *extra)  # fmt: skip
             result["finetune"] = _train_summary(ft, ft_s, ft_cpu)
-            result["scratch"] = {**_train_summary(sc, sc_s, sc_cpu), "options": scratch_args}
             result["finetune"]["target_met_wall"] = ft_s <= 600
             result["finetune"]["target_met_idle_estimate"] = ft_cpu / 2 <= 600
-            for key, model in (("finetuned", "ft.pt"), ("scratch", "scratch.pt")):
+            models = [("finetuned", "ft.pt")]
+            if not args.skip_scratch:
+                same = {k: v for k, v in FINE_TUNE_DEFAULTS.items()
+                        if k not in ("backbone_lr_scale", "freeze_epochs")}  # fmt: skip
+                flags = {"mixup_alpha": "--mixup", "cutmix_alpha": "--cutmix",
+                         "randaugment_magnitude": "--randaugment"}  # fmt: skip
+                scratch_args = []
+                for key, value in same.items():
+                    scratch_args += [flags.get(key, "--" + key.replace("_", "-")), str(value)]
+                scratch_out = str(work / "scratch.pt")
+                sc, sc_s, sc_cpu = cli("train", chips_dir, "--device", "cpu", "--out",
+                                       scratch_out, *scratch_args, *extra)  # fmt: skip
+                result["scratch"] = {**_train_summary(sc, sc_s, sc_cpu), "options": scratch_args}
+                models.append(("scratch", "scratch.pt"))
+            for key, model in models:
                 ev, _, _ = cli("evaluate", str(work / "heldout"), "--model", str(work / model),
                             "--device", "cpu")  # fmt: skip
                 result["accuracy"][key] = round(ev["overall_accuracy"], 4)
