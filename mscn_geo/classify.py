@@ -21,6 +21,7 @@ from mscn_geo.plan import ScenePlan, crs_name, plan_scene
 from mscn_geo.predict import Predictor, ProgressCallback, predict_tiles
 from mscn_geo.remote import as_scene, remote_access
 from mscn_geo.resume import predict_resumable, run_journal
+from mscn_geo.stac_in import stac_source
 from mscn_geo.stac_out import build_stac_item, stac_item_path, write_stac_item
 
 __all__ = ["classify_scene", "make_out_dir"]
@@ -75,12 +76,14 @@ def classify_scene(
     options.check()
     start = time.perf_counter()
     scene = as_scene(scene)  # a URL stays a string (mscn_geo.remote)
-    with remote_access(scene):
-        return _classify(scene, model, options, progress, plan, predictor, start)
+    # A STAC Item is read through its asset(s); outputs are named after the Item.
+    with stac_source(scene, options.assets) as source, remote_access(source):
+        return _classify(scene, source, model, options, progress, plan, predictor, start)
 
 
 def _classify(
     scene: Path | str,
+    source: Path | str,
     model: LoadedModel,
     options: ClassifyOptions,
     progress: ProgressCallback | None,
@@ -91,7 +94,7 @@ def _classify(
     from mscn_geo.io import atomic_outputs, class_colours, output_paths, write_tiles_gpkg
 
     if plan is None:
-        plan = plan_scene(scene, model.meta, options)
+        plan = plan_scene(source, model.meta, options)
     info, grid = plan.info, plan.grid
     warnings = list(plan.warnings)
     out_dir = make_out_dir(options.out_dir)
