@@ -66,7 +66,6 @@ def plan(device: str, quick: bool, extra: bool = False) -> list[tuple[str, str, 
                 [*cpu, "--model", "resnet18", "--sizes", "2000", "4000"],
             ),
             ("torchgeo_cpu", "bench_torchgeo.py", cpu),
-            ("interop_cpu", "bench_interop.py", []),
         ]
         # Settled findings, not rerun by default (README, Performance): channels-last
         # off and torch.compile were slower on CPU. ``--extra`` runs them.
