@@ -45,6 +45,8 @@ def classify(
     resume: opt.Resume = False,
     stac: opt.Stac = False,
     assets: opt.Assets = None,
+    aoi: opt.Aoi = None,
+    no_quicklook: opt.NoQuicklook = False,
     keep_going: opt.KeepGoing = False,
     json_out: opt.Json = False,
     quiet: opt.Quiet = False,
@@ -68,7 +70,10 @@ def classify(
         ),
     ] = None,
 ) -> int:
-    """Classify each tile of each SCENE; write <scene>.gpkg and <scene>_classes.tif to --out.
+    """Classify each tile of each SCENE; write its land-use map to --out.
+
+    Per scene: <scene>.gpkg (layers tiles and landuse), <scene>_classes.tif,
+    <scene>_areas.csv and <scene>_quicklook.png.
 
     Scenes are done one after the other. The first error stops the run (outputs of
     scenes already done stay, the failing scene leaves nothing behind) unless
@@ -100,6 +105,8 @@ def classify(
         resume=resume,
         stac=stac,
         assets=assets,
+        aoi=aoi,
+        quicklook=not no_quicklook,
     )
     show_bar = not quiet and sys.stderr.isatty()
 
@@ -161,6 +168,22 @@ def classify(
     return 0
 
 
+def _top_areas(areas: dict | None, show: int = 4) -> str:
+    """'forest 1.23 ha (45.6 %), ...' for the largest classes (pixels without a CRS)."""
+    if not areas or not areas["valid_pixels"]:
+        return "none"
+    ranked = sorted(areas["classes"].items(), key=lambda kv: -kv[1]["share"])
+    parts = [
+        f"{name} {entry['ha']:.2f} ha ({100 * entry['share']:.1f} %)"
+        if entry["ha"] is not None
+        else f"{name} {100 * entry['share']:.1f} %"
+        for name, entry in ranked[:show]
+        if entry["pixels"]
+    ]
+    more = sum(1 for _, entry in ranked[show:] if entry["pixels"])
+    return ", ".join(parts) + (f", {more} more" if more else "")
+
+
 def _print_summary(summary: dict) -> None:
     model = summary["model"]
     counts = {k: v for k, v in summary["per_class"].items() if v}
@@ -173,8 +196,15 @@ def _print_summary(summary: dict) -> None:
         f"{summary['seconds']:.1f} s, {summary['tiles_per_s']:.1f} tiles/s on {summary['device']}"
         f" (AMP {summary['amp']})",
         f"  classes: {top or 'none'}",
-        f"  tiles:   {summary['outputs']['gpkg']}",
+        f"  areas:   {_top_areas(summary['areas'])}",
+        f"  tiles:   {summary['outputs']['gpkg']} (layers tiles, landuse: "
+        f"{summary['landuse_polygons']} polygons)",
         f"  raster:  {summary['outputs']['raster']}",
+        f"  table:   {summary['outputs']['areas']}",
+    ]
+    if "quicklook" in summary["outputs"]:
+        lines.append(f"  picture: {summary['outputs']['quicklook']}")
+    lines += [
         f"  model:   {model['label']}",
     ]
     if "stac" in summary["outputs"]:

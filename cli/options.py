@@ -295,3 +295,19 @@ Assets = Annotated[
         "in order (e.g. red,green,blue or B04,B03,B02). Default: its visual asset.",
     ),
 ]
+Aoi = Annotated[
+    Path | None,
+    typer.Option(
+        "--aoi",
+        metavar="FILE",
+        help="Area of interest: polygons in a GeoPackage, GeoJSON or Shapefile (any CRS). "
+        "Only tiles touching it are classified; every output is nodata outside it and "
+        "areas count only inside it.",
+        dir_okay=False,
+        show_default=False,
+    ),
+]
+NoQuicklook = Annotated[
+    bool,
+    typer.Option("--no-quicklook", help="Do not write <scene>_quicklook.png."),
+]

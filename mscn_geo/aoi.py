@@ -38,6 +38,16 @@ class Aoi:
     geometry: shapely.Geometry
     source_crs: str
 
+    def digest(self) -> str:
+        """SHA-256 of the geometry (WKB): tells two areas of interest apart."""
+        import hashlib
+
+        return hashlib.sha256(shapely.to_wkb(self.geometry)).hexdigest()
+
+    def intersects_window(self, transform: affine.Affine, window: Any) -> bool:
+        """Whether the pixel window (a rasterio ``Window``) of the scene touches the AOI."""
+        return bool(self.intersects_windows(transform, [window])[0])
+
     def intersects_windows(self, transform: affine.Affine, windows: list[Any]) -> np.ndarray:
         """(n,) bool: which pixel windows (rasterio ``Window``s) of the scene touch the AOI."""
         if not windows:
@@ -52,7 +62,9 @@ class Aoi:
             ]
             boxes.append(shapely.Polygon([transform @ c for c in corners]))
         shapely.prepare(self.geometry)
-        return shapely.intersects(self.geometry, np.array(boxes, dtype=object))
+        # Touching along an edge only is not overlapping: such a tile has nothing inside.
+        boxes = np.array(boxes, dtype=object)
+        return shapely.intersects(self.geometry, boxes) & ~shapely.touches(self.geometry, boxes)
 
     def mask(
         self, transform: affine.Affine, shape: tuple[int, int], all_touched: bool = False

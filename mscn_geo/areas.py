@@ -23,6 +23,8 @@ import rasterio
 import shapely
 from rasterio.windows import Window
 
+from mscn_geo.io.styles import class_values
+
 __all__ = [
     "AreaTally",
     "ClassArea",
@@ -138,23 +140,20 @@ class SceneAreas:
 
 
 class AreaTally:
-    """Adds up per-class pixel counts and areas of a class raster, strip by strip.
+    """Adds up pixel counts and areas per raster value of a class raster, strip by strip.
 
     Args:
         transform: the raster's affine transform.
         crs: its CRS (rasterio or pyproj), or ``None``.
         width: raster width in pixels.
-        num_classes: class ids are ``0 .. num_classes - 1``; other values
-            (nodata) are not counted.
     """
 
-    def __init__(self, transform: Any, crs: Any, width: int, num_classes: int) -> None:
+    def __init__(self, transform: Any, crs: Any, width: int) -> None:
         self.transform = transform
         self.width = int(width)
-        self.num_classes = int(num_classes)
         self._proj = _pyproj_crs(crs)
-        self._pixels = np.zeros(num_classes, np.int64)
-        self._m2 = np.zeros(num_classes, np.float64)
+        self._pixels = np.zeros(256, np.int64)
+        self._m2 = np.zeros(256, np.float64)
         if self._proj is None:
             self.method = "pixels"
             self._pixel_m2: float | None = None
@@ -167,63 +166,67 @@ class AreaTally:
             self._pixel_m2 = abs(transform.determinant) * unit**2 if unit else None
 
     def add(self, row0: int, strip: np.ndarray) -> None:
-        """Count ``strip`` ((rows, width) class ids), the raster rows from ``row0`` on."""
+        """Count ``strip`` ((rows, width) uint8 values), the raster rows from ``row0`` on."""
         strip = np.asarray(strip)
-        if strip.ndim != 2 or strip.shape[1] != self.width:
-            raise ValueError(f"strip of shape {strip.shape} is not (rows, {self.width})")
-        k = self.num_classes
-        # Per row and class counts; ids >= k (nodata) fall in the last, dropped bin.
-        ids = np.minimum(strip.astype(np.int64), k)
-        offsets = np.arange(strip.shape[0], dtype=np.int64)[:, None] * (k + 1)
-        counts = np.bincount((ids + offsets).ravel(), minlength=strip.shape[0] * (k + 1))
-        counts = counts.reshape(strip.shape[0], k + 1)[:, :k]
+        if strip.ndim != 2 or strip.shape[1] != self.width or strip.dtype != np.uint8:
+            raise ValueError(f"strip {strip.dtype} {strip.shape} is not uint8 (rows, {self.width})")
+        rows = strip.shape[0]
+        # One bincount for every (row, value) pair: row r's values land in bins r*256 + v.
+        offsets = np.arange(rows, dtype=np.int64)[:, None] * 256
+        counts = np.bincount((strip + offsets).ravel(), minlength=rows * 256).reshape(rows, 256)
         self._pixels += counts.sum(axis=0)
         if self.method == "geodesic":
-            rows = np.arange(row0, row0 + strip.shape[0], dtype=np.float64)
+            at = np.arange(row0, row0 + rows, dtype=np.float64)
             # Pixels of a row share its latitude band: one geodesic area per row
             # (taken at the middle column, exact for north-up rasters).
-            per_row = _row_pixel_areas(self.transform, self._proj, rows, self.width // 2)
+            per_row = _row_pixel_areas(self.transform, self._proj, at, self.width // 2)
             self._m2 += (counts * per_row[:, None]).sum(axis=0)
         elif self._pixel_m2 is not None:
             self._m2 += counts.sum(axis=0) * self._pixel_m2
 
-    def result(self, class_names: Sequence[str]) -> SceneAreas:
-        if len(class_names) != self.num_classes:
-            raise ValueError(f"{len(class_names)} class names for {self.num_classes} classes")
+    def result(self, class_names: Sequence[str], values: Sequence[int] | None = None) -> SceneAreas:
+        """Areas of the classes ``class_names`` with raster values ``values``
+        (default ``0, 1, ...``); every other value (nodata) is left out."""
+        values = class_values(class_names, values)
         metric = self.method in ("planar", "geodesic")
-        weights = self._m2 if metric else self._pixels.astype(np.float64)
+        pixels = self._pixels[values]
+        m2 = self._m2[values]
+        weights = m2 if metric else pixels.astype(np.float64)
         total = float(weights.sum())
         classes = [
             ClassArea(
-                class_id=i,
+                class_id=value,
                 class_name=str(name),
-                pixels=int(self._pixels[i]),
-                area_m2=float(self._m2[i]) if metric else None,
+                pixels=int(pixels[i]),
+                area_m2=float(m2[i]) if metric else None,
                 share=float(weights[i] / total) if total > 0 else 0.0,
             )
-            for i, name in enumerate(class_names)
+            for i, (value, name) in enumerate(zip(values, class_names, strict=True))
         ]
         return SceneAreas(
             classes=classes,
-            valid_pixels=int(self._pixels.sum()),
-            valid_m2=float(self._m2.sum()) if metric else None,
+            valid_pixels=int(pixels.sum()),
+            valid_m2=float(m2.sum()) if metric else None,
             method=self.method,
         )
 
 
-def raster_areas(path: Path, class_names: Sequence[str]) -> SceneAreas:
-    """Per-class areas of the class raster at ``path`` (band 1), read in strips.
+def raster_areas(
+    path: Path, class_names: Sequence[str], values: Sequence[int] | None = None
+) -> SceneAreas:
+    """Per-class areas of the class raster at ``path`` (band 1, uint8), read in strips.
 
-    Pixels whose value is not a class id (``0 .. len(class_names) - 1``), such as
-    nodata 255, are not counted; memory holds one strip whatever the raster size.
+    Class ``class_names[i]`` has raster value ``values[i]`` (default ``i``); other
+    values, such as nodata 255, are not counted. Memory holds one strip whatever
+    the raster size.
     """
     with rasterio.open(path) as ds:
-        tally = AreaTally(ds.transform, ds.crs, ds.width, len(class_names))
+        tally = AreaTally(ds.transform, ds.crs, ds.width)
         step = max(_READ_ROWS, ds.block_shapes[0][0])
         for row0 in range(0, ds.height, step):
             rows = min(step, ds.height - row0)
             tally.add(row0, ds.read(1, window=Window(0, row0, ds.width, rows)))
-    return tally.result(class_names)
+    return tally.result(class_names, values)
 
 
 def write_areas_csv(path: Path, areas: SceneAreas) -> None:

@@ -19,6 +19,7 @@ from mscn_geo.options import ClassifyOptions
 from mscn_geo.outputs import SceneResult, tiles_frame, write_class_raster
 from mscn_geo.plan import ScenePlan, crs_name, plan_scene
 from mscn_geo.predict import Predictor, ProgressCallback, predict_tiles
+from mscn_geo.products import CellMap, write_map_products
 from mscn_geo.remote import as_scene, remote_access
 from mscn_geo.resume import predict_resumable, run_journal
 from mscn_geo.stac_in import stac_source
@@ -53,7 +54,12 @@ def classify_scene(
     plan: ScenePlan | None = None,
     predictor: Predictor | None = None,
 ) -> SceneResult:
-    """Classify every tile of ``scene`` and write ``<scene>.gpkg`` and ``<scene>_classes.tif``.
+    """Classify every tile of ``scene`` and write its outputs.
+
+    ``<scene>.gpkg`` (layers ``tiles`` and ``landuse``), ``<scene>_classes.tif``,
+    ``<scene>_areas.csv`` and, with ``options.quicklook``, ``<scene>_quicklook.png``
+    (:mod:`mscn_geo.products`). With ``options.aoi`` only tiles touching the area
+    of interest are classified and every output is nodata outside it.
 
     Outputs are written under temporary names and renamed when complete, so an
     error or interruption leaves no partial file (hidden temporaries that a
@@ -98,7 +104,7 @@ def _classify(
     info, grid = plan.info, plan.grid
     warnings = list(plan.warnings)
     out_dir = make_out_dir(options.out_dir)
-    paths = output_paths(scene, out_dir)
+    paths = output_paths(scene, out_dir, quicklook=options.quicklook)
     if options.stac:
         paths["stac"] = stac_item_path(scene, out_dir)
     names = list(paths)
@@ -124,6 +130,9 @@ def _classify(
         colours = class_colours(meta.class_names)
         write_tiles_gpkg(tmp["gpkg"], frame, meta.class_names, colours)
         write_class_raster(tmp["raster"], info, grid, result, meta)
+        cells = CellMap.from_tiles(grid, result)
+        products = write_map_products(tmp, info, cells, meta.class_names, colours)
+        warnings.extend(products.warnings)
         if options.stac:  # last: it lists the outputs written
             written = {k: paths[k] for k in names if k != "stac" and tmp[k].exists()}
             item = build_stac_item(
@@ -152,8 +161,10 @@ def _classify(
         model_path=str(model.path) if model.path else "<memory>",
         model_label=model.label,
         trained=meta.trained,
-        outputs={k: Path(v) for k, v in paths.items() if k in ("gpkg", "raster", "stac")},
+        outputs={k: Path(v) for k, v in paths.items() if k not in ("aux", "qml")},
         warnings=warnings,
         from_journal=from_journal,
         computed=classified - (journal.taken_classified if journal is not None else 0),
+        areas=products.areas.to_dict(),
+        landuse_polygons=products.landuse_polygons,
     )

@@ -370,7 +370,9 @@ class _Job:
             try:
                 work.plan = plan_scene(scene, self.model.meta, self.options)
                 # Refused now rather than after the cluster did the work.
-                finals = output_paths(scene, Path(self.options.out_dir))
+                finals = output_paths(
+                    scene, Path(self.options.out_dir), quicklook=self.options.quicklook
+                )
                 if Path(self.options.out_dir).is_dir():
                     check_destination(list(finals.values()), self.options.overwrite)
             except MscnGeoError as exc:

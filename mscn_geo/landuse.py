@@ -22,6 +22,7 @@ import shapely
 from shapely.geometry import shape
 
 from mscn_geo.areas import geometry_areas_m2
+from mscn_geo.io.styles import class_values
 from mscn_geo.io.vector import LANDUSE_COLUMNS
 
 __all__ = ["NODATA_CELL", "landuse_frame", "scene_footprint"]
@@ -46,19 +47,22 @@ def landuse_frame(
     crs: Any,
     class_names: Sequence[str],
     clip: shapely.Geometry | None = None,
+    values: Sequence[int] | None = None,
 ) -> geopandas.GeoDataFrame:
     """One polygon per connected region of one class on the cell grid.
 
     Args:
-        classes: (rows, cols) uint8 class id per cell; :data:`NODATA_CELL` (or
-            any id >= ``len(class_names)``) for cells without a class.
+        classes: (rows, cols) uint8 value per cell: a class's value, or any other
+            (:data:`NODATA_CELL`) for cells without a class.
         confidence: (rows, cols) float confidence (top-1 probability) per cell.
         cell_transform: affine transform of the cell grid (the scene transform
             times ``Affine.scale(S)`` for S x S pixel cells).
         crs: CRS of the transform (rasterio or pyproj), or ``None``.
-        class_names: names of the class ids.
+        class_names: names of the classes.
         clip: polygon in CRS coordinates the regions are cut to (the scene
             footprint, intersected with the area of interest); ``None``: none.
+        values: the cell value of each class (default ``0, 1, ...``; e.g. 254
+            for ``uncertain``); ``class_id`` is this value.
 
     Returns:
         GeoDataFrame with :data:`~mscn_geo.io.vector.LANDUSE_COLUMNS` (``class_id``,
@@ -69,7 +73,9 @@ def landuse_frame(
     confidence = np.asarray(confidence, dtype=np.float64)
     if classes.ndim != 2 or confidence.shape != classes.shape:
         raise ValueError(f"classes {classes.shape} and confidence {confidence.shape} differ")
-    valid = classes < len(class_names)
+    values = class_values(class_names, values)
+    name_of = dict(zip(values, map(str, class_names), strict=True))
+    valid = np.isin(classes, values)
     grid = classes.astype(np.int32)
     # Polygonise in cell coordinates (exact integer vertices), then map to the CRS.
     regions = [
@@ -96,7 +102,7 @@ def landuse_frame(
     frame = geopandas.GeoDataFrame(
         {
             "class_id": ids,
-            "class_name": [str(class_names[i]) for i in ids],
+            "class_name": [name_of[int(i)] for i in ids],
             "area_m2": areas,
             "confidence": mean_confidence,
         },

@@ -46,6 +46,9 @@ class ClassifyOptions:
             (:mod:`mscn_geo.stac_out`).
         assets: for a STAC Item given as scene, the asset keys to read as bands,
             in the model's band order; ``None``: its visual asset (:mod:`mscn_geo.stac_in`).
+        aoi: area of interest, a polygon file in any CRS (:mod:`mscn_geo.aoi`):
+            only tiles touching it are classified, outputs are nodata outside it.
+        quicklook: write ``<scene>_quicklook.png`` (:mod:`mscn_geo.quicklook`).
     """
 
     tile_size: int | None = None
@@ -67,6 +70,8 @@ class ClassifyOptions:
     resume: bool = False
     stac: bool = False
     assets: list[str] | str | None = None
+    aoi: Path | None = None
+    quicklook: bool = True
 
     def check(self) -> None:
         """Raise :class:`~mscn_geo.errors.OptionError` for a value no scene could use."""

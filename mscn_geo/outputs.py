@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from affine import Affine
 
 from mscn_geo.models.checkpoint import ModelMeta
 from mscn_geo.predict import NODATA_CLASS, TileResult
@@ -44,6 +45,8 @@ class SceneResult:
     from_journal: int = 0
     #: Tiles classified by this run; ``None``: all of ``classified``.
     computed: int | None = None
+    areas: dict[str, Any] | None = None  # :meth:`mscn_geo.areas.SceneAreas.to_dict`
+    landuse_polygons: int = 0
 
     @property
     def tiles_per_s(self) -> float:
@@ -68,6 +71,8 @@ class SceneResult:
             "amp": self.amp,
             "model": {"path": self.model_path, "label": self.model_label, "trained": self.trained},
             "outputs": {k: str(v) for k, v in self.outputs.items()},
+            "areas": self.areas,
+            "landuse_polygons": self.landuse_polygons,
             "warnings": list(self.warnings),
         }
 
@@ -127,7 +132,8 @@ def write_class_raster(
 ) -> None:
     """Write the class raster of every tile of ``grid`` to ``path``, :data:`STRIP_ROWS` at a time.
 
-    Each pixel gets the class of the tile that owns it (:meth:`TileGrid.paint`).
+    Each pixel gets the class of the tile that owns it (:meth:`TileGrid.paint`);
+    pixels whose centre is outside the area of interest (``info.aoi``) are nodata.
     """
     from rasterio.windows import Window
 
@@ -151,4 +157,8 @@ def write_class_raster(
     ):
         for y0 in range(0, info.height, STRIP_ROWS):
             y1 = min(y0 + STRIP_ROWS, info.height)
-            writer.write(Window(0, y0, info.width, y1 - y0), grid.paint(classes, y0, y1))
+            strip = grid.paint(classes, y0, y1)
+            if info.aoi is not None:
+                rows = info.transform @ Affine.translation(0, y0)
+                strip[~info.aoi.mask(rows, strip.shape)] = NODATA_CLASS
+            writer.write(Window(0, y0, info.width, y1 - y0), strip)

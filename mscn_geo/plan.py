@@ -95,6 +95,7 @@ def plan_scene(
 
     Reads the header, one pixel, and for non-uint8 data the sample of the
     scaling estimate (overviews or a fixed set of windows); never every tile.
+    With ``options.aoi`` the area of interest is read too (``info.aoi``).
     """
     tile = meta.tile_size if options.tile_size is None else options.tile_size
     stride = tile if options.stride is None else options.stride
@@ -140,6 +141,12 @@ def plan_scene(
         )
     if not options.resample:
         warnings.extend(pixel_size_warnings(size_m, meta))
+    if options.aoi is not None:
+        from mscn_geo.aoi import read_aoi
+        from mscn_geo.landuse import scene_footprint
+
+        footprint = scene_footprint(info.transform, info.width, info.height)
+        info.aoi = read_aoi(options.aoi, info.crs, footprint)
     return ScenePlan(info, grid, warnings, size_m)
 
 

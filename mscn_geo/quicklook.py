@@ -18,6 +18,7 @@ import rasterio
 from PIL import Image, ImageDraw, ImageFont
 from rasterio.enums import Resampling
 
+from mscn_geo.io.styles import class_values
 from mscn_geo.reader import SceneInfo, to_model_range, validity
 
 __all__ = [
@@ -67,9 +68,9 @@ def quicklook_shape(width: int, height: int, max_side: int = MAX_SIDE) -> tuple[
 def legend_rows(
     class_names: Sequence[str], shares: Sequence[float] | None
 ) -> list[tuple[int, str]]:
-    """(class id, label) of the legend rows: classes present, largest share first.
+    """(class position, label) of the legend rows: classes present, largest share first.
 
-    Without shares every class is listed in id order.
+    Without shares every class is listed in order.
     """
     if shares is None:
         return [(i, str(name)) for i, name in enumerate(class_names)]
@@ -109,6 +110,7 @@ def render_quicklook(
     colours: Sequence[tuple[int, int, int]],
     shares: Sequence[float] | None = None,
     *,
+    values: Sequence[int] | None = None,
     max_side: int = MAX_SIDE,
     title: str | None = None,
 ) -> Quicklook:
@@ -122,6 +124,7 @@ def render_quicklook(
             faded.
         shares: share of the valid area per class (0..1), listed in the legend;
             ``None``: the legend lists every class without shares.
+        values: the raster value of each class (default ``0, 1, ...``).
         max_side: longest side of the map part in pixels.
         title: legend title (default: the scene's file name).
 
@@ -140,9 +143,10 @@ def render_quicklook(
             f"{info.path.name} has no overviews: the quicklook read every pixel "
             "(add overviews, e.g. gdaladdo, to make it fast)"
         )
+    values = class_values(class_names, values)
     palette = np.zeros((256, 3), np.float32)
-    palette[: len(colours)] = np.asarray(colours, np.float32)
-    classified = classes < len(class_names)
+    palette[values] = np.asarray(colours, np.float32)
+    classified = np.isin(classes, values)
     base = rgb.astype(np.float32)
     picture = np.where(
         classified[..., None],

@@ -45,6 +45,8 @@ class SceneInfo:
         read_tile, read_scale: with ``--resample``, tiles of ``read_tile`` px are
             read from windows of ``read_tile * read_scale`` scene pixels;
             ``None``/1.0: no resampling.
+        aoi: the area of interest (:class:`mscn_geo.aoi.Aoi`); tiles that do not
+            touch it are skipped unread.
     """
 
     path: Path | str  # str: a remote scene (mscn_geo.remote)
@@ -62,6 +64,7 @@ class SceneInfo:
     scaling: Scaling | None = None
     read_tile: int | None = None
     read_scale: float = 1.0
+    aoi: Any = None
 
     @property
     def float_data(self) -> bool:
@@ -375,8 +378,11 @@ class TileReader:
         return masks.any(axis=0)
 
     def read(self, tile: Tile) -> TilePixels:
-        """Read ``tile``'s window and validity; skip-ready when nothing is valid."""
+        """Read ``tile``'s window and validity; skip-ready when nothing is valid
+        or the window is outside the area of interest."""
         info, window = self.info, tile.window
+        if info.aoi is not None and not info.aoi.intersects_window(info.transform, window):
+            return TilePixels(tile, None, None, 1.0)
         ds = self._dataset()
         args = self._read_args(window)
         try:

@@ -87,6 +87,7 @@ _OPTION_FIELDS = {
     "batch_size": "batch_size",
     "device": "device",
     "amp": "amp",
+    "aoi": "aoi",
 }
 
 
@@ -145,6 +146,8 @@ def run_fingerprint(
             "batch_size": options.batch_size,
             "device": device.type,
             "amp": amp_name(autocast_dtype(device, options.amp)),
+            # A different area of interest skips different tiles.
+            "aoi": info.aoi.digest() if info.aoi is not None else None,
         },
     }
 

@@ -55,27 +55,33 @@ def style_sidecar(path: Path) -> Path:
     return Path(path).with_suffix(".qml")
 
 
-def output_paths(scene: Path | str, out_dir: Path) -> dict[str, Path]:
+def output_paths(scene: Path | str, out_dir: Path, *, quicklook: bool = False) -> dict[str, Path]:
     """Final output paths for one scene.
 
     Returns ``{'gpkg': out/<stem>.gpkg, 'raster': out/<stem>_classes.tif,
-    'aux': out/<stem>_classes.tif.aux.xml, 'qml': out/<stem>_classes.qml}``. The
-    two sidecars belong to the class raster: ``aux`` holds its category names
-    (GeoTIFF cannot embed them), ``qml`` its QGIS style (a legend with exactly the
-    classes). :class:`~mscn_geo.io.raster.ClassRasterWriter` writes both next to
-    the raster's temporary, at the temporaries :func:`atomic_outputs` gives for them.
+    'aux': out/<stem>_classes.tif.aux.xml, 'qml': out/<stem>_classes.qml,
+    'areas': out/<stem>_areas.csv}`` and with ``quicklook``
+    ``'quicklook': out/<stem>_quicklook.png``. The two sidecars belong to the
+    class raster: ``aux`` holds its category names (GeoTIFF cannot embed them),
+    ``qml`` its QGIS style (a legend with exactly the classes).
+    :class:`~mscn_geo.io.raster.ClassRasterWriter` writes both next to the
+    raster's temporary, at the temporaries :func:`atomic_outputs` gives for them.
     """
     from mscn_geo.remote import scene_stem
 
     stem = scene_stem(scene)  # a URL's file name for a remote scene
     out_dir = Path(out_dir)
     raster = out_dir / f"{stem}_classes.tif"
-    return {
+    paths = {
         "gpkg": out_dir / f"{stem}.gpkg",
         "raster": raster,
         "aux": raster.with_name(raster.name + PAM_SUFFIX),
         "qml": style_sidecar(raster),
+        "areas": out_dir / f"{stem}_areas.csv",
     }
+    if quicklook:
+        paths["quicklook"] = out_dir / f"{stem}_quicklook.png"
+    return paths
 
 
 def temporary_path(final: Path) -> Path:

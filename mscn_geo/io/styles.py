@@ -12,7 +12,13 @@ import colorsys
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 
-__all__ = ["UC_MERCED_COLOURS", "class_colours", "polygon_style_qml", "raster_style_qml"]
+__all__ = [
+    "UC_MERCED_COLOURS",
+    "class_colours",
+    "class_values",
+    "polygon_style_qml",
+    "raster_style_qml",
+]
 
 RGB = tuple[int, int, int]
 
@@ -107,6 +113,18 @@ def class_colours(class_names: Sequence[str]) -> list[RGB]:
         colours[position] = choice
         used.add(choice)
     return [colour for colour in colours if colour is not None]
+
+
+def class_values(class_names: Sequence[str], values: Sequence[int] | None = None) -> list[int]:
+    """The raster value of each class: ``values`` checked, or ``0, 1, ...`` by default.
+
+    Classes beyond the model's (such as ``uncertain``) have their own value.
+    """
+    if values is None:
+        return list(range(len(class_names)))
+    if len(values) != len(class_names):
+        raise ValueError(f"{len(class_names)} class names but {len(values)} values")
+    return [int(v) for v in values]
 
 
 def _check(class_names: Sequence[str], colours: Sequence[Sequence[int]]) -> None:
