@@ -18,9 +18,13 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# A real aerial scene (sample_data/README.md), tiles overlapping by 3/4 (stride
+# T/4 = 64 px of the model's 256 px tiles): 169 tiles, about a minute on 2 CPU cores.
+DEMO_SCENE := sample_data/aerial_rgb_025m.tif
+
 demo: $(STAMP)
-	$(BIN)/mscn-geo classify sample_data/synthetic_scene.tif --out out/demo --overwrite
-	@echo "outputs: $$(ls -d $$PWD/out/demo/*)"
+	$(BIN)/mscn-geo classify $(DEMO_SCENE) --stride 64 --out out/demo --overwrite
+	@echo "picture: $$PWD/out/demo/$$(basename $(DEMO_SCENE) .tif)_quicklook.png"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow and not cuda" -q -p no:cacheprovider

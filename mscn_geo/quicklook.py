@@ -56,7 +56,7 @@ class Quicklook:
     warnings: list[str] = field(default_factory=list)
 
     def save(self, path: Path) -> None:
-        self.image.save(path, format="PNG", optimize=True)
+        self.image.save(path, format="PNG")
 
 
 def quicklook_shape(width: int, height: int, max_side: int = MAX_SIDE) -> tuple[int, int]:

@@ -213,9 +213,11 @@ def test_errors_are_per_scene_and_leave_nothing(
     assert isinstance(outcomes[0].error, InputError)
     assert sorted(p.name for p in out.iterdir()) == [
         "good.gpkg",
+        "good_areas.csv",
         "good_classes.qml",
         "good_classes.tif",
         "good_classes.tif.aux.xml",
+        "good_quicklook.png",
     ]
     # Outputs exist: refused before any work is sent, as in a local run.
     with pytest.raises(OutputError, match="exists"):

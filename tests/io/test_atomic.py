@@ -28,7 +28,10 @@ def test_output_paths_names_every_output(tmp_path: Path) -> None:
         "raster": tmp_path / "scene_01_classes.tif",
         "aux": tmp_path / "scene_01_classes.tif.aux.xml",
         "qml": tmp_path / "scene_01_classes.qml",
+        "areas": tmp_path / "scene_01_areas.csv",
     }
+    with_picture = output_paths(Path("/data/in/scene_01.tif"), tmp_path, quicklook=True)
+    assert with_picture == {**paths, "quicklook": tmp_path / "scene_01_quicklook.png"}
 
 
 def test_temporary_names_are_hidden_keep_extension_and_map_sidecars(tmp_path: Path) -> None:
