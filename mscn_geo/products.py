@@ -110,9 +110,8 @@ def write_map_products(
     if "quicklook" in paths:
         shares = [c.share for c in areas.classes] if areas.valid_pixels else None
         quicklook = render_quicklook(
-            info, paths["raster"], class_names, colours, shares, values=values,
-            title=Path(info.path).name,
-        )  # fmt: skip
+            info, paths["raster"], class_names, colours, shares, values=values
+        )
         quicklook.save(paths["quicklook"])
         warnings.extend(quicklook.warnings)
     return MapProducts(areas, len(frame), warnings)

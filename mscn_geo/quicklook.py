@@ -20,6 +20,7 @@ from rasterio.enums import Resampling
 
 from mscn_geo.io.styles import class_values
 from mscn_geo.reader import SceneInfo, to_model_range, validity
+from mscn_geo.remote import scene_name
 
 __all__ = [
     "LEGEND_WIDTH",
@@ -140,7 +141,7 @@ def render_quicklook(
     warnings = []
     if not has_overviews:
         warnings.append(
-            f"{info.path.name} has no overviews: the quicklook read every pixel "
+            f"{scene_name(info.path)} has no overviews: the quicklook read every pixel "
             "(add overviews, e.g. gdaladdo, to make it fast)"
         )
     values = class_values(class_names, values)
@@ -162,7 +163,7 @@ def render_quicklook(
     height = max(shape[0], legend_height)
     image = Image.new("RGB", (shape[1] + LEGEND_WIDTH, height), _BACKGROUND)
     image.paste(map_image, (0, 0))
-    _draw_legend(image, shape[1], rows, colours, title or info.path.name)
+    _draw_legend(image, shape[1], rows, colours, title or scene_name(info.path))
     return Quicklook(image, (shape[1], shape[0]), warnings)
 
 
