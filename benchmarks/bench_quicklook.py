@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import ROOT, RssSampler, finish, machine, peak_rss_mb
+from _common import ROOT, RssSampler, finish, machine
 from _common import write_scene as make_scene
 
 NAMES = ["forest", "river", "denseresidential", "agricultural"]
@@ -75,10 +75,11 @@ def child(args: argparse.Namespace) -> None:
     from mscn_geo.reader import open_scene
 
     info = open_scene(args.scene, ["red", "green", "blue"])
-    base_mb = peak_rss_mb()
     shares = [0.25] * len(NAMES)
     out = Path(args.scene).with_name(Path(args.scene).stem + "_quicklook.png")
     with RssSampler() as rss:
+        # ru_maxrss survives exec (it would be the parent's peak): poll RSS instead.
+        start_mb = rss.peak_mb
         start = time.perf_counter()
         quicklook = render_quicklook(info, Path(args.classes), NAMES, class_colours(NAMES), shares)
         quicklook.save(out)
@@ -88,7 +89,8 @@ def child(args: argparse.Namespace) -> None:
             {
                 "seconds": round(seconds, 3),
                 "peak_rss_mb": round(rss.peak_mb, 1),
-                "rss_before_mb": round(base_mb, 1),
+                "rss_at_start_mb": round(start_mb, 1),
+                "added_mb": round(rss.peak_mb - start_mb, 1),
                 "png_size": list(quicklook.image.size),
                 "png_bytes": out.stat().st_size,
                 "warnings": quicklook.warnings,

@@ -109,3 +109,15 @@ def test_reader_smoke(bench, tmp_path: Path) -> None:
     feed = result["gpu_feed"]
     assert 4 < feed["model_gflops_per_tile"] < 7  # MSCN-ResNet18 at 256 px: 5.15 GFLOPs
     assert feed["reader_cores_needed"] >= 1
+
+
+def test_quicklook_smoke(bench, tmp_path: Path) -> None:
+    out = tmp_path / "quicklook.json"
+    result = bench("bench_quicklook").main(["--size", "600", "--out", str(out)])
+    assert json.loads(out.read_text()) == result
+    check_machine(result)
+    (run,) = result["runs"]
+    assert run["overviews"] is True
+    assert run["png_size"] == [600 + 300, 600]  # not enlarged, plus the legend panel
+    assert run["seconds"] > 0 and 50 < run["peak_rss_mb"] < 8192
+    assert run["warnings"] == []
