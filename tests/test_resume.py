@@ -300,7 +300,8 @@ def test_two_runs_of_one_scene_at_once_do_not_both_write(
     assert first.returncode == 0, err
     assert lines(tmp_path / "reads2.txt") == []  # the second ones never read a tile
     assert sorted(p.name for p in out.iterdir()) == [
-        "scene.gpkg", "scene_classes.qml", "scene_classes.tif", "scene_classes.tif.aux.xml"
+        "scene.gpkg", "scene_areas.csv", "scene_classes.qml", "scene_classes.tif",
+        "scene_classes.tif.aux.xml", "scene_quicklook.png",
     ]  # fmt: skip
     # Once the first is done, the set exists: the plain refusal.
     again = start(base, tmp_path / "reads3.txt", 0.0)
