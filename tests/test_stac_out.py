@@ -100,7 +100,9 @@ def test_stac_item_of_outputs(make_scene, tiny_checkpoint, tmp_path, capsys, no_
     assert props["proj:bbox"] == pytest.approx(bounds)
 
     assets = data["assets"]
-    assert set(assets) == {"tiles", "classes"}  # only the outputs this run wrote
+    assert set(assets) == {"tiles", "classes", "quicklook"}  # the outputs this run wrote
+    assert assets["quicklook"]["href"] == "./scene_quicklook.png"
+    assert assets["quicklook"]["type"] == "image/png"
     assert assets["tiles"]["href"] == "./scene.gpkg"
     assert assets["tiles"]["type"] == "application/geopackage+sqlite3"
     assert assets["classes"]["href"] == "./scene_classes.tif"
