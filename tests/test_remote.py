@@ -186,3 +186,26 @@ def test_local_scene_errors_unchanged(tmp_path):
     with pytest.raises(InputError, match="scene not found"):
         open_scene(tmp_path / "missing.tif", ["red", "green", "blue"])
     shutil.rmtree(tmp_path)
+
+
+def test_aoi_in_a_corner_fetches_a_small_fraction(served, tiny_model, tmp_path):
+    """--aoi on a corner of a remote COG: only the blocks of the tiles it touches are fetched."""
+    import geopandas as gpd
+    from shapely.geometry import box
+
+    server, cog = served
+    name = cog(1536, 1024, noise=True)
+    size = (server.root / name).stat().st_size
+    with rasterio.open(server.root / name) as ds:
+        x0, y1 = ds.transform * (0, 0)
+        x1, y0 = ds.transform * (100, 100)  # the top-left 100 x 100 px: 4 tiles of 64 px
+        crs = ds.crs
+    aoi = tmp_path / "corner.geojson"
+    gpd.GeoDataFrame(geometry=[box(x0, y0, x1, y1)], crs=crs).to_file(aoi)
+    server.reset_counts()
+    # The quicklook shows the whole scene: from a file without small enough
+    # overviews it reads every block (README, "Remote scenes and STAC").
+    options = _options(tmp_path / "out", aoi=aoi, quicklook=False)
+    result = classify_scene(server.url(name), tiny_model, options)
+    assert result.classified == 4
+    assert 0 < server.bytes_sent < 0.1 * size, (server.bytes_sent, size)
