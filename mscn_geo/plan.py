@@ -102,8 +102,9 @@ def plan_scene(
     info = open_scene(
         scene,
         meta.bands,
-        parse_bands(options.bands),
-        scale=options.scale,
+        # Default: the bands and scaling the model's training chips were read with.
+        parse_bands(options.bands) or meta.scene_bands,
+        scale=options.scale if options.scale is not None else meta.scene_scaling(),
         allow_no_crs=options.allow_no_crs,
     )
     warnings = list(info.warnings)

@@ -160,7 +160,7 @@ def _scaling(
     ds: rasterio.DatasetReader,
     dtype: str,
     bands: list[int],
-    scale: tuple[float, float] | None,
+    scale: tuple[float, float] | Scaling | None,
 ) -> Scaling | None:
     if dtype == "mixed":
         raise InputError(
@@ -168,6 +168,12 @@ def _scaling(
         )
     if np.dtype(dtype).kind not in "uif":
         raise InputError(f"{ds.name}: {dtype} data is not supported (real-valued bands only)")
+    if isinstance(scale, Scaling):  # a model's: it reads every scene the way it was trained
+        if len(scale.low) != len(bands):
+            raise OptionError(
+                f"the model's scaling has {len(scale.low)} bands; {len(bands)} bands are used"
+            )
+        return scale
     if scale is not None:
         return fixed_scaling(scale, len(bands))
     if dtype == "uint8":
@@ -179,7 +185,7 @@ def open_scene(
     path: str | os.PathLike[str],
     model_bands: list[str],
     bands: list[int] | None = None,
-    scale: str | tuple[float, float] | None = None,
+    scale: str | tuple[float, float] | Scaling | None = None,
     allow_no_crs: bool = False,
 ) -> SceneInfo:
     """Open ``path``, check it can be classified with a model taking ``model_bands``.
@@ -191,7 +197,8 @@ def open_scene(
             the scene has more bands and says which is which, else the first ones
             (alpha bands are never picked).
         scale: ``"MIN,MAX"`` linear scaling to 0..255 (``--scale``); default:
-            none for uint8, a percentile stretch otherwise (:mod:`mscn_geo.scaling`).
+            none for uint8, a percentile stretch otherwise (:mod:`mscn_geo.scaling`);
+            a :class:`~mscn_geo.scaling.Scaling` (a model's) is used as it is.
         allow_no_crs: accept a scene without CRS (outputs in its pixel/own
             coordinates, without CRS) instead of failing.
 
@@ -200,7 +207,7 @@ def open_scene(
         OptionError: ``bands`` of the wrong length or out of range, bad ``scale``.
     """
     path = as_scene(path)
-    bounds = parse_scale(scale)
+    bounds = scale if isinstance(scale, Scaling) else parse_scale(scale)
     ds = _open(path)
     with ds:
         if ds.crs is None and not allow_no_crs:

@@ -496,3 +496,25 @@ def test_cli_options_come_from_the_config_and_user_errors_exit_2(tmp_path, capsy
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and text in err[0]
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_classify_reads_scenes_with_the_bands_and_scaling_the_model_was_trained_with(tmp_path):
+    from mscn_geo.options import ClassifyOptions
+    from mscn_geo.plan import plan_scene
+    from mscn_geo.scaling import Scaling
+
+    scene = tmp_path / "scene.tif"
+    rng = np.random.default_rng(0)
+    _geotiff(scene, rng.integers(0, 4000, (4, 64, 64)).astype(np.uint16))
+    trained = Scaling("training", (10.0, 20.0, 30.0), (1000.0, 2000.0, 3000.0))
+    meta = ModelMeta(
+        class_names=["a", "b"], tile_size=32, scaling=trained.to_dict(), scene_bands=[4, 3, 2]
+    )
+    plan = plan_scene(scene, meta, ClassifyOptions())
+    assert plan.info.scaling == trained and plan.info.band_indexes == [4, 3, 2]
+    # What the user passes still wins.
+    plan = plan_scene(scene, meta, ClassifyOptions(scale="0,4095", bands="1,2,3"))
+    assert plan.info.scaling.low == (0.0,) * 3 and plan.info.band_indexes == [1, 2, 3]
+    # A model trained on 8-bit chips leaves the scene's own default (a percentile stretch).
+    plain = ModelMeta(class_names=["a", "b"], tile_size=32)
+    assert plan_scene(scene, plain, ClassifyOptions()).info.scaling.method == "percentile"
