@@ -66,7 +66,10 @@ class TrainConfig:
     amp: bool | None = option(None, help="Mixed precision. Default: on with CUDA, off on CPU.")
     channels_last: bool = option(True, help="channels_last memory format on CUDA.")
     time_budget_min: float | None = option(
-        None, help="Stop within this many minutes: the schedule is fitted after the first epoch."
+        None,
+        help="Stop training within this many minutes (from the start, data loading included): "
+        "the schedule is fitted to the time left after each epoch, and an epoch still running "
+        "at the end stops early; its validation and the final writes come on top.",
     )
     pixel_size_m: float | None = option(
         None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +44,7 @@ class StepContext:
     amp_dtype: torch.dtype | None
     memory_format: torch.memory_format | None
     batch_size: int
+    deadline: float | None = None  # time.time() at which the time budget ends
 
 
 def train_one_epoch(
@@ -54,6 +56,9 @@ def train_one_epoch(
 ) -> float:
     """Train on the chips in ``order`` (full batches only); returns the mean training loss.
 
+    Past ``ctx.deadline`` the epoch ends early (after at least one step): a time
+    budget is not overrun by a long epoch.
+
     Args:
         images: (N, C, H, W) uint8 chip cache; labels: (N,) class indices.
         order: a permutation of ``range(N)``.
@@ -61,6 +66,8 @@ def train_one_epoch(
     steps = max(1, len(order) // ctx.batch_size)
     total, seen = 0.0, 0
     for step in range(steps):
+        if step and ctx.deadline is not None and time.time() >= ctx.deadline:
+            break
         idx = order[step * ctx.batch_size : (step + 1) * ctx.batch_size]
         x = images[idx.to(images.device)].to(ctx.device, non_blocking=True)
         y = labels[idx.to(labels.device)].to(ctx.device, non_blocking=True)

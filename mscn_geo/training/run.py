@@ -153,6 +153,7 @@ def train(
         amp_dtype=amp_dtype,
         memory_format=memory_format,
         batch_size=cfg.batch_size,
+        deadline=t_start + budget_s if budget_s is not None else None,
     )
 
     start_epoch, best, history = 0, -1.0, []
@@ -222,6 +223,8 @@ def train(
         "best_val_overall_accuracy": best,
         "epochs": len(history),
         "planned_epochs": cfg.epochs,
+        "train_chips": len(data.train),
+        "val_chips": len(data.val),
         "seconds": time.time() - t_start,
         "device": str(device),
         "checkpoint": str(files.out),
