@@ -69,7 +69,7 @@ class TrainConfig:
         None,
         help="Stop training within this many minutes (from the start, data loading included): "
         "the schedule is fitted to the time left after each epoch, and an epoch still running "
-        "at the end stops early; its validation and the final writes come on top.",
+        "at the end stops early, leaving time for its validation (final writes come on top).",
     )
     pixel_size_m: float | None = option(
         None,

@@ -45,6 +45,7 @@ class StepContext:
     memory_format: torch.memory_format | None
     batch_size: int
     deadline: float | None = None  # time.time() at which the time budget ends
+    reserve_images: int = 0  # images still to score after the epoch (validation)
 
 
 def train_one_epoch(
@@ -56,8 +57,10 @@ def train_one_epoch(
 ) -> float:
     """Train on the chips in ``order`` (full batches only); returns the mean training loss.
 
-    Past ``ctx.deadline`` the epoch ends early (after at least one step): a time
-    budget is not overrun by a long epoch.
+    When the next step and the validation of ``ctx.reserve_images`` images
+    (forward only, estimated at a third of a training step per image) would end
+    past ``ctx.deadline``, the epoch ends early (after at least one step): a
+    time budget is not overrun by a long epoch.
 
     Args:
         images: (N, C, H, W) uint8 chip cache; labels: (N,) class indices.
@@ -65,9 +68,13 @@ def train_one_epoch(
     """
     steps = max(1, len(order) // ctx.batch_size)
     total, seen = 0.0, 0
+    start = time.time()
     for step in range(steps):
-        if step and ctx.deadline is not None and time.time() >= ctx.deadline:
-            break
+        if step and ctx.deadline is not None:
+            step_s = (time.time() - start) / step
+            reserve_s = step_s / ctx.batch_size * ctx.reserve_images / 3
+            if time.time() + step_s + reserve_s >= ctx.deadline:
+                break
         idx = order[step * ctx.batch_size : (step + 1) * ctx.batch_size]
         x = images[idx.to(images.device)].to(ctx.device, non_blocking=True)
         y = labels[idx.to(labels.device)].to(ctx.device, non_blocking=True)

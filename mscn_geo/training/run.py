@@ -154,6 +154,7 @@ def train(
         memory_format=memory_format,
         batch_size=cfg.batch_size,
         deadline=t_start + budget_s if budget_s is not None else None,
+        reserve_images=len(data.val) * (2 if cfg.ema_decay > 0 else 1),
     )
 
     start_epoch, best, history = 0, -1.0, []
