@@ -4,8 +4,8 @@ Built with pystac (STAC 1.1): geometry and bbox in EPSG:4326 (the scene's
 footprint, reprojected with densified edges), the projection extension with
 the scene's CRS, shape and transform, the classification extension with the
 class values, names and colours (and 255 = nodata), and one asset per output
-that exists: the GeoPackage, the class raster, the probabilities raster and
-the quicklook, with roles and media types. Asset hrefs are relative to the
+that exists: the GeoPackage, the class raster, the probabilities raster, the
+quicklook and the areas table, with roles and media types. Asset hrefs are relative to the
 Item, so the folder can be moved or uploaded as it is.
 """
 
@@ -47,6 +47,7 @@ ASSETS: dict[str, tuple[str, str, list[str], str]] = {
         "Class probabilities, one band per class",
     ),
     "quicklook": ("quicklook", pystac.MediaType.PNG, ["overview", "visual"], "Quicklook"),
+    "areas": ("areas", "text/csv", ["metadata"], "Area per class (CSV)"),
 }
 # Outputs that are class rasters or class-coded tables carry the class list.
 _CLASSIFIED = ("gpkg", "raster")

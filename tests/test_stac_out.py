@@ -100,7 +100,8 @@ def test_stac_item_of_outputs(make_scene, tiny_checkpoint, tmp_path, capsys, no_
     assert props["proj:bbox"] == pytest.approx(bounds)
 
     assets = data["assets"]
-    assert set(assets) == {"tiles", "classes", "quicklook"}  # the outputs this run wrote
+    assert set(assets) == {"tiles", "classes", "quicklook", "areas"}  # the outputs written
+    assert assets["areas"]["href"] == "./scene_areas.csv" and assets["areas"]["type"] == "text/csv"
     assert assets["quicklook"]["href"] == "./scene_quicklook.png"
     assert assets["quicklook"]["type"] == "image/png"
     assert assets["tiles"]["href"] == "./scene.gpkg"
