@@ -183,7 +183,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         warm = write_scene(folder / "warm.tif", 8 * args.tile_size)  # 64 tiles
         model = load_checkpoint(_checkpoint(folder, args.tile_size))
         options = ClassifyOptions(
-            device="cpu", batch_size=args.batch_size, workers=0, out_dir=folder, overwrite=True
+            device="cpu",
+            batch_size=args.batch_size,
+            workers=0,
+            out_dir=folder,
+            overwrite=True,
+            backend="torch",  # per_tile_costs times the PyTorch runner
         )
         classify_scene(warm, model, options)
         costs = per_tile_costs(scene, warm, model, options)

@@ -47,6 +47,7 @@ def child(args: argparse.Namespace) -> None:
         workers=args.workers,
         out_dir=Path(args.scene).parent / "out",
         overwrite=True,
+        backend="torch",  # the pipeline's cost with its figures before ONNX Runtime
     )
     # One-off costs (lazy imports, GDAL driver set-up, thread start) are not per
     # pixel: classify a small scene first, outside the timed run.

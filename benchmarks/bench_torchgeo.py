@@ -103,7 +103,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     device = resolve_device(args.device)
     model = random_model(tile_size=args.tile_size)
-    options = ClassifyOptions(batch_size=args.batch_size, device=str(device), workers=args.workers)
+    # backend torch: both sides run the same prepared PyTorch model (the data path differs).
+    options = ClassifyOptions(
+        batch_size=args.batch_size, device=str(device), workers=args.workers, backend="torch"
+    )
     amp = autocast_dtype(device, options.amp)
     runner = prepare_model(model.model, device, amp, options.channels_last, options.compile)
     result: dict[str, Any] = {

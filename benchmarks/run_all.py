@@ -55,7 +55,11 @@ def plan(device: str, quick: bool, extra: bool = False) -> list[tuple[str, str, 
         cpu = ["--device", "cpu"]
         runs = [
             ("pipeline_cpu", "bench_pipeline.py", cpu),  # backend auto: ONNX Runtime
-            ("pipeline_cpu_torch", "bench_pipeline.py", [*cpu, "--backend", "torch"]),
+            (
+                "pipeline_cpu_torch",
+                "bench_pipeline.py",
+                [*cpu, "--backend", "torch", "--rounds", "2"],
+            ),
             ("backends_cpu", "bench_backends.py", ["--rounds", "1", "--model-batches", "4"]),
             ("reader_cpu", "bench_reader.py", []),
             ("batch_startup_cpu", "bench_batch_startup.py", []),
@@ -65,7 +69,7 @@ def plan(device: str, quick: bool, extra: bool = False) -> list[tuple[str, str, 
                 "bench_scale.py",
                 [*cpu, "--model", "resnet18", "--sizes", "2000", "4000"],
             ),
-            ("torchgeo_cpu", "bench_torchgeo.py", cpu),
+            ("torchgeo_cpu", "bench_torchgeo.py", [*cpu, "--rounds", "2"]),
         ]
         # Settled findings, not rerun by default (README, Performance): channels-last
         # off and torch.compile were slower on CPU. ``--extra`` runs them.
