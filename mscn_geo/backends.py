@@ -170,6 +170,10 @@ def _onnxruntime_runner(model: LoadedModel, tile_size: int, threads: int) -> Onn
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    # Idle intra-op threads sleep instead of spinning: the reader threads share the
+    # cores. Measured side by side (2 cores, loaded): 13 % less CPU time per tile,
+    # wall time the same or better.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     path = export_graph(model, tile_size)
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
