@@ -12,10 +12,12 @@ from typing import Annotated
 import typer
 from mscn_geo_cli import options as opt
 from mscn_geo_cli.app import app
+from mscn_geo_cli.errors import cli_message, cli_text
 
 
 @app.command()
 def classify(
+    ctx: typer.Context,
     scenes: Annotated[
         list[str],
         typer.Argument(
@@ -152,12 +154,18 @@ def classify(
             )
         for outcome in outcomes:
             summary = outcome.to_dict()
+            # The library's words (warnings, errors) in this command's flags.
+            summary["warnings"] = [cli_text(w, ctx.command) for w in summary.get("warnings", [])]
+            if outcome.error is not None:
+                summary["error"] = " ".join(cli_message(outcome.error, ctx.command).split())
             if json_out:
                 print(json.dumps(summary), flush=True)
             elif outcome.status == "ok":
                 _print_summary(summary)
             elif outcome.status == "skipped":
                 print(f"{outcome.scene}: skipped, outputs exist", flush=True)
+            for warning in summary["warnings"]:  # on stderr, with --json too
+                print(f"mscn-geo: warning: {summary['scene']}: {warning}", file=sys.stderr)
             if outcome.status == "error":
                 failed += 1
                 if keep_going:  # without --keep-going main() prints the error
@@ -212,5 +220,3 @@ def _print_summary(summary: dict) -> None:
     if not model["trained"]:
         lines.append("  NOTE: the model is an UNTRAINED placeholder: its classes are meaningless")
     print("\n".join(lines), flush=True)
-    for warning in summary["warnings"]:
-        print(f"mscn-geo: warning: {summary['scene']}: {warning}", file=sys.stderr)

@@ -10,23 +10,27 @@ named like the field it sets, so there is no second table to keep in step.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from mscn_geo.errors import MscnGeoError
 
 
 def cli_message(error: MscnGeoError, command: Any | None = None) -> str:
-    """``str(error)`` with the fields it names written as ``command``'s flags.
+    """``str(error)`` with the fields it names written as ``command``'s flags."""
+    return cli_text(str(error), command, getattr(error, "fields", ()))
 
-    ``field=True`` becomes the flag, ``field=False`` its negative form
-    (``--no-pad``), ``field=VALUE`` ``--flag VALUE`` and a bare ``field`` the flag.
+
+def cli_text(text: str, command: Any | None = None, fields: Sequence[str] = ()) -> str:
+    """Library words in ``text`` as ``command``'s flags (an error's message, a warning).
+
+    Settings of any of the command's options become flags: ``name=True`` the flag,
+    ``name=False`` its negative form (``--no-pad``), ``name=VALUE`` ``--flag VALUE``.
+    A bare field name becomes the flag only for ``fields`` (the ones an error says
+    it names), so ordinary words elsewhere stay words.
     """
-    message = str(error)
     flags = flags_by_field(command)
-    for name in getattr(error, "fields", ()):
-        if name not in flags:
-            continue
-        flag, negative = flags[name]
+    for name, (flag, negative) in flags.items():
 
         def setting(match: re.Match[str], flag: str = flag, negative: str | None = negative) -> str:
             value = match.group(1)
@@ -36,9 +40,10 @@ def cli_message(error: MscnGeoError, command: Any | None = None) -> str:
                 return negative or f"no {flag}"
             return f"{flag} {value.strip(chr(39) + chr(34))}"
 
-        message = re.sub(rf"(?<![-\w/.]){name}=('[^']*'|\"[^\"]*\"|[^\s,;:)]+)", setting, message)
-        message = re.sub(rf"(?<![-\w/.]){name}(?![-\w/=])", flag, message)
-    return message
+        text = re.sub(rf"(?<![-\w/.]){name}=('[^']*'|\"[^\"]*\"|[^\s,;:)]+)", setting, text)
+        if name in fields:
+            text = re.sub(rf"(?<![-\w/.]){name}(?![-\w/=])", flag, text)
+    return text
 
 
 def flags_by_field(command: Any | None = None) -> dict[str, tuple[str, str | None]]:

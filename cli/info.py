@@ -9,12 +9,14 @@ from typing import Annotated, Any
 import typer
 from mscn_geo_cli import options as opt
 from mscn_geo_cli.app import app
+from mscn_geo_cli.errors import cli_text
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth")
 
 
 @app.command()
 def info(
+    ctx: typer.Context,
     path: Annotated[
         Path, typer.Argument(metavar="PATH", help="A checkpoint (.pt) or a GeoTIFF scene.")
     ],
@@ -53,6 +55,7 @@ def info(
     else:
         try:
             summary = _scene_summary(path, model, options)
+            summary["warnings"] = [cli_text(w, ctx.command) for w in summary["warnings"]]
         except InputError as scene_error:
             try:  # a checkpoint without the usual extension?
                 summary = _checkpoint_summary(path)
@@ -110,10 +113,7 @@ def _scene_summary(path: Path, model: Path | None, options: Any) -> dict[str, An
     summary["nodata_tiles_skipped"] = skipped
     summary["nodata_tiles_estimated"] = estimated
     summary["tiles_classified"] = summary["tiles"] - skipped
-    tile_area = plan.grid.tile**2
-    summary["skipped_area_px"] = (
-        f"{'about ' if estimated else ''}{skipped * tile_area} px in {skipped} tile(s)"
-    )
+    summary["skipped_area_px"] = skipped * plan.grid.tile**2  # an estimate when estimated
     summary["model"] = f"{model_path} ({meta.status})"
     summary["model_bands"] = meta.bands
     summary["model_pixel_size_m"] = meta.pixel_size_m

@@ -19,15 +19,21 @@ def resolve_device(name: str = "auto") -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise OptionError(f"--device must be auto, cpu or cuda[:N], got {name!r}") from None
+        raise OptionError(
+            f"device must be auto, cpu or cuda[:N], got {name!r}", field="device"
+        ) from None
     if device.type == "cpu":
         return device
     if device.type != "cuda":
-        raise OptionError(f"--device must be auto, cpu or cuda[:N], got {name!r}")
+        raise OptionError(f"device must be auto, cpu or cuda[:N], got {name!r}", field="device")
     if not torch.cuda.is_available():
-        raise OptionError("--device cuda: no CUDA GPU is available (use --device cpu)")
+        raise OptionError(
+            "device='cuda': no CUDA GPU is available (use device='cpu')", field="device"
+        )
     if device.index is not None and device.index >= torch.cuda.device_count():
-        raise OptionError(f"--device {name}: only {torch.cuda.device_count()} GPU(s)")
+        raise OptionError(
+            f"device={name!r}: only {torch.cuda.device_count()} GPU(s)", field="device"
+        )
     return device
 
 

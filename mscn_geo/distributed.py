@@ -81,7 +81,7 @@ MAX_TILES_PER_TASK = 256
 RETRIES = 2
 #: How long to try reaching a ``--scheduler`` before giving up.
 CONNECT_TIMEOUT = "20s"
-_INSTALL_HINT = "--scheduler/--cluster need Dask: pip install 'mscn-geo[dask]'"
+_INSTALL_HINT = "a scheduler or cluster run needs Dask: pip install 'mscn-geo[dask]'"
 
 
 class ClusterError(MscnGeoError):
@@ -100,7 +100,9 @@ class ModelRef:
         from mscn_geo.resume import model_digest
 
         if model.path is None:
-            raise OptionError("a cluster run needs the model as a checkpoint file (--model)")
+            raise OptionError(
+                "a Dask run needs the model as a checkpoint file (model=PATH)", field="model"
+            )
         path = Path(model.path).resolve()
         return cls(str(path), model_digest(path))
 
@@ -233,7 +235,7 @@ def parse_cluster(text: str) -> int | None:
     """``local`` -> ``None`` (one worker per GPU, else per CPU core); ``local:N`` -> N."""
     name, _, count = text.strip().partition(":")
     if name != "local":
-        raise OptionError(f"--cluster must be local or local:N, got {text!r}")
+        raise OptionError(f"cluster must be local or local:N, got {text!r}", field="cluster")
     if not count:
         return None
     try:
@@ -241,7 +243,9 @@ def parse_cluster(text: str) -> int | None:
     except ValueError:
         n = 0
     if n < 1:
-        raise OptionError(f"--cluster local:N needs a worker count of 1 or more, got {count!r}")
+        raise OptionError(
+            f"cluster local:N needs a worker count of 1 or more, got {count!r}", field="cluster"
+        )
     return n
 
 
@@ -249,7 +253,7 @@ def _import_distributed() -> Any:
     try:
         import distributed
     except ImportError as exc:
-        raise OptionError(_INSTALL_HINT) from exc
+        raise OptionError(_INSTALL_HINT, field=("scheduler", "cluster")) from exc
     return distributed
 
 
@@ -275,7 +279,9 @@ def local_cluster(workers: int | None = None) -> tuple[Any, int | None]:
     if gpus:
         n = gpus if workers is None else workers
         if n > gpus:
-            raise OptionError(f"--cluster local:{n}: one worker per GPU, and there are {gpus}")
+            raise OptionError(
+                f"cluster='local:{n}': one worker per GPU, and there are {gpus}", field="cluster"
+            )
         visible = ",".join(str(i) for i in range(n))
         with contextlib.suppress(ImportError):
             from dask_cuda import LocalCUDACluster
@@ -315,7 +321,9 @@ def connect(
         ClusterError: the scheduler cannot be reached.
     """
     if (scheduler is None) == (cluster is None):
-        raise OptionError("give one of --scheduler ADDRESS or --cluster local[:N]")
+        raise OptionError(
+            "give one of scheduler=ADDRESS or cluster='local[:N]'", field=("scheduler", "cluster")
+        )
     distributed = _import_distributed()
     if scheduler is not None:
         try:
@@ -500,7 +508,10 @@ def classify_scenes_on_cluster(
 
     options.check()
     if options.resume:
-        raise OptionError("--resume is not supported with --scheduler/--cluster")
+        raise OptionError(
+            "resume=True is not supported on a Dask scheduler or cluster",
+            field="resume",
+        )
     check_scene_list(scenes, Path(options.out_dir))
     ModelRef.of(model)  # fail before starting a cluster
     with contextlib.ExitStack() as stack:

@@ -79,10 +79,10 @@ def parse_bands(text: str | Sequence[int] | None) -> list[int] | None:
         bands = [int(part) for part in text.replace(" ", "").split(",") if part]
     except ValueError:
         raise OptionError(
-            f"--bands must be 1-based band numbers like 1,2,3, got {text!r}"
+            f"bands must be 1-based band numbers like 1,2,3, got {text!r}", field="bands"
         ) from None
     if not bands:
-        raise OptionError("--bands is empty")
+        raise OptionError("bands is empty", field="bands")
     return bands
 
 
@@ -122,22 +122,30 @@ def _choose_bands(
     n = len(model_bands)
     wanted = ", ".join(model_bands)
     if bands is not None:
-        if len(bands) != n:
-            raise OptionError(f"--bands gives {len(bands)} bands; the model needs {n} ({wanted})")
+        # Out of range first: "bands 9" names a band the scene lacks, whatever the count.
         bad = [b for b in bands if not 1 <= b <= ds.count]
         if bad:
-            raise OptionError(f"--bands {bad[0]} is out of range: the scene has {ds.count} bands")
+            raise OptionError(
+                f"bands {bad[0]} is out of range: the scene has {ds.count} band(s)", field="bands"
+            )
+        if len(bands) != n:
+            given = ",".join(map(str, bands))
+            raise OptionError(
+                f"bands {given} selects {len(bands)} band(s); the model needs {n} ({wanted})",
+                field="bands",
+            )
         return list(bands), []
     interp = list(ds.colorinterp)
     usable = [i + 1 for i, ci in enumerate(interp) if ci != ColorInterp.alpha]
     if len(usable) < n:
         hint = (
-            f"pass --bands {','.join(['1'] * n)} to repeat it"
+            f"pass bands={','.join(['1'] * n)} to repeat it"
             if len(usable) == 1
-            else "use a scene with those bands or pass --bands"
+            else f"use a scene with {n} band(s) or choose some more than once with bands=LIST"
         )
         raise InputError(
-            f"scene has {len(usable)} band(s) and the model needs {n} ({wanted}); {hint}"
+            f"scene has {len(usable)} band(s) and the model needs {n} ({wanted}); {hint}",
+            field="bands",
         )
     if len(usable) == n:
         return usable, []
@@ -151,7 +159,7 @@ def _choose_bands(
     chosen = usable[:n]
     note = (
         f"scene has {ds.count} bands; using bands {','.join(map(str, chosen))} as {wanted} "
-        "(pass --bands to choose others)"
+        "(choose others with bands=LIST)"
     )
     return chosen, [note]
 
@@ -213,8 +221,9 @@ def open_scene(
         if ds.crs is None and not allow_no_crs:
             raise InputError(
                 f"{path} has no CRS: outputs could not be placed on a map "
-                "(assign one, e.g. gdal_edit.py -a_srs EPSG:xxxx, or pass --allow-no-crs "
-                "for pixel-space outputs)"
+                "(assign one, e.g. gdal_edit.py -a_srs EPSG:xxxx, or pass allow_no_crs=True "
+                "for outputs without CRS)",
+                field="allow_no_crs",
             )
         band_indexes, warnings = _choose_bands(ds, model_bands, bands)
         dtypes = {ds.dtypes[b - 1] for b in band_indexes}

@@ -63,7 +63,7 @@ class Scaling:
     def describe(self) -> str:
         pairs = ", ".join(f"{lo:g}..{hi:g}" for lo, hi in zip(self.low, self.high, strict=True))
         if self.method == "fixed":
-            return f"linear {pairs} -> 0..255 (--scale)"
+            return f"linear {pairs} -> 0..255 (given MIN,MAX)"
         if self.method == "training":
             return f"the model's training stretch {pairs} -> 0..255"
         lo, hi = PERCENTILES
@@ -95,10 +95,10 @@ def parse_scale(text: str | Sequence[float] | None) -> tuple[float, float] | Non
     else:
         values = [float(v) for v in text]
     if len(values) != 2 or not all(math.isfinite(v) for v in values):
-        raise OptionError(f"--scale must be MIN,MAX (two numbers), got {text!r}")
+        raise OptionError(f"scale must be MIN,MAX (two numbers), got {text!r}", field="scale")
     low, high = values
     if high <= low:
-        raise OptionError(f"--scale MIN,MAX needs MIN < MAX, got {low:g},{high:g}")
+        raise OptionError(f"scale MIN,MAX needs MIN < MAX, got {low:g},{high:g}", field="scale")
     return low, high
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,3 +140,34 @@ def test_cli_imports_no_private_names() -> None:
             elif isinstance(node, ast.Import):
                 for alias in node.names:
                     assert not any(p.startswith("_") for p in alias.name.split(".")), path
+
+
+def _run(capsys, *args: object) -> tuple[int, str, str]:
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_library_errors_name_fields_and_the_cli_prints_flags(make_scene, tiny_checkpoint, capsys):
+    from mscn_geo.reader import open_scene
+
+    scene = make_scene(64, 64)
+    with pytest.raises(OptionError, match=r"^bands 9 is out of range: the scene has 3 band") as err:
+        open_scene(scene, ["red", "green", "blue"], [9])
+    assert err.value.fields == ("bands",) and "--" not in str(err.value)
+    # The README's promise: the out-of-range message, not a band-count complaint.
+    code, _, stderr = _run(capsys, "classify", scene, "-m", tiny_checkpoint, "--bands", "9")
+    assert code == 2
+    assert stderr == "mscn-geo: error: --bands 9 is out of range: the scene has 3 band(s)\n"
+    code, _, stderr = _run(capsys, "classify", scene, "-m", tiny_checkpoint, "--device", "gpu")
+    assert code == 2 and "error: --device must be auto, cpu or cuda[:N], got 'gpu'" in stderr
+
+
+def test_json_warnings_also_go_to_stderr(make_scene, tiny_checkpoint, tmp_path, capsys) -> None:
+    scene = make_scene(64, 64)
+    args = ("classify", scene, "-m", tiny_checkpoint, "-o", tmp_path, "--tile-size", "32")
+    code, stdout, stderr = _run(capsys, *args, "--json", "--device", "cpu")
+    assert code == 0, stderr
+    summary = json.loads(stdout)
+    assert summary["warnings"] == ["tile size 32 px differs from the model's 64 px"]
+    assert f"mscn-geo: warning: {summary['scene']}: tile size 32 px differs" in stderr
