@@ -21,13 +21,13 @@ def info(
         Path, typer.Argument(metavar="PATH", help="A checkpoint (.pt) or a GeoTIFF scene.")
     ],
     model: opt.ModelPath = None,
-    tile_size: opt.TileSize = None,
-    stride: opt.Stride = None,
-    bands: opt.Bands = None,
-    scale: opt.Scale = None,
-    resample: opt.Resample = False,
-    no_pad: opt.NoPad = False,
-    allow_no_crs: opt.AllowNoCrs = False,
+    tile_size: int | None = opt.TILE_SIZE,
+    stride: int | None = opt.STRIDE,
+    bands: str | None = opt.BANDS,
+    scale: str | None = opt.SCALE,
+    resample: bool = opt.RESAMPLE,
+    pad: bool = opt.PAD,
+    allow_no_crs: bool = opt.ALLOW_NO_CRS,
     json_out: opt.Json = False,
     debug: opt.Debug = False,
 ) -> None:
@@ -38,15 +38,7 @@ def info(
     """
     from mscn_geo.options import ClassifyOptions
 
-    options = ClassifyOptions(
-        tile_size=tile_size,
-        stride=stride,
-        bands=bands,
-        scale=scale,
-        resample=resample,
-        pad=not no_pad,
-        allow_no_crs=allow_no_crs,
-    )
+    options = opt.dataclass_from(ClassifyOptions, ctx.params)
     from mscn_geo.errors import CheckpointError, InputError
 
     summary: dict[str, Any] | None = None

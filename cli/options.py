@@ -23,6 +23,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from mscn_geo.fields import default_of, help_of
+from mscn_geo.options import ClassifyOptions
 
 T = TypeVar("T")
 
@@ -157,74 +158,41 @@ ModelPath = Annotated[
         show_default=False,
     ),
 ]
-OutDir = Annotated[
-    Path,
-    typer.Option(
-        "--out",
-        "-o",
-        help="Folder for the outputs (created if missing).",
-        file_okay=False,
-        metavar="DIR",
-    ),
-]
-TileSize = Annotated[
-    int | None,
-    typer.Option(
-        "--tile-size",
-        help="Tile edge in pixels. Default: the model's tile size.",
-        min=32,
-        metavar="PIXELS",
-    ),
-]
-Stride = Annotated[
-    int | None,
-    typer.Option(
-        "--stride",
-        metavar="PIXELS",
-        help="Step between tiles in pixels, at most the tile size. Default: the tile size.",
-        min=1,
-    ),
-]
-Bands = Annotated[
-    str | None,
-    typer.Option(
-        "--bands",
-        metavar="LIST",
-        help="1-based scene bands in the model's band order, e.g. 1,2,3. "
-        "Default: the first bands, or red/green/blue by colour interpretation.",
-    ),
-]
+# ClassifyOptions fields: default and help from mscn_geo.options.
+OUT_DIR = from_field(ClassifyOptions, "out_dir", "--out", "-o", metavar="DIR", file_okay=False)
+TILE_SIZE = from_field(ClassifyOptions, "tile_size", metavar="PIXELS", min=32)
+STRIDE = from_field(ClassifyOptions, "stride", metavar="PIXELS", min=1)
+BANDS = from_field(ClassifyOptions, "bands", metavar="LIST")
+SCALE = from_field(ClassifyOptions, "scale", metavar="MIN,MAX")
+RESAMPLE = from_field(ClassifyOptions, "resample")
+PAD = from_field(ClassifyOptions, "pad", "--pad/--no-pad")
+ALLOW_NO_CRS = from_field(ClassifyOptions, "allow_no_crs")
+BATCH_SIZE = from_field(ClassifyOptions, "batch_size", min=1)
+DEVICE = from_field(ClassifyOptions, "device", metavar="NAME")
+AMP = from_field(ClassifyOptions, "amp", "--amp/--no-amp", show_default=False)
+BACKEND = from_field(ClassifyOptions, "backend", metavar="NAME")
+WORKERS = from_field(ClassifyOptions, "workers", min=0)
+OVERWRITE = from_field(ClassifyOptions, "overwrite")
+RESUME = from_field(ClassifyOptions, "resume")
+STAC = from_field(ClassifyOptions, "stac")
+ASSETS = from_field(ClassifyOptions, "assets", metavar="KEYS")
+AOI = from_field(ClassifyOptions, "aoi", metavar="FILE", dir_okay=False)
+QUICKLOOK = from_field(ClassifyOptions, "quicklook", "--quicklook/--no-quicklook")
+
+# The same options for commands with their own defaults (evaluate, train): help from the field.
 BatchSize = Annotated[
-    int, typer.Option("--batch-size", help="Tiles per forward pass.", min=1, metavar="INTEGER")
+    int,
+    typer.Option(
+        "--batch-size", help=help_of(ClassifyOptions, "batch_size"), min=1, metavar="INTEGER"
+    ),
 ]
 Device = Annotated[
-    str,
-    typer.Option("--device", help="auto (CUDA if available), cpu, cuda or cuda:N.", metavar="NAME"),
+    str, typer.Option("--device", help=help_of(ClassifyOptions, "device"), metavar="NAME")
 ]
 Amp = Annotated[
     bool | None,
-    typer.Option(
-        "--amp/--no-amp",
-        help="Mixed precision (bf16/fp16). Default: on with CUDA, off on CPU.",
-        show_default=False,
-    ),
+    typer.Option("--amp/--no-amp", help=help_of(ClassifyOptions, "amp"), show_default=False),
 ]
-Backend = Annotated[
-    str,
-    typer.Option(
-        "--backend",
-        help="What runs the model: auto (ONNX Runtime for fp32 on CPU, else PyTorch), "
-        "torch or onnxruntime.",
-        metavar="NAME",
-    ),
-]
-Workers = Annotated[
-    int,
-    typer.Option(
-        "--workers", help="Threads reading tiles (0: no threads).", min=0, metavar="INTEGER"
-    ),
-]
-Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")]
 Json = Annotated[
     bool, typer.Option("--json", help="Print one JSON object per line on stdout instead.")
 ]
@@ -232,43 +200,6 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 # main() reads --debug from the command line before Typer sees it; the option is
 # declared on commands only so that --help lists it.
 Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")]
-Scale = Annotated[
-    str | None,
-    typer.Option(
-        "--scale",
-        metavar="MIN,MAX",
-        help="MIN,MAX: map scene values linearly to 0..255 (e.g. 0,4095 for 12-bit data). "
-        "Default: 8-bit data as is; other data types a per-band 2-98 percentile stretch.",
-        show_default=False,
-    ),
-]
-AllowNoCrs = Annotated[
-    bool,
-    typer.Option(
-        "--allow-no-crs", help="Classify a scene without CRS; outputs in pixel coordinates."
-    ),
-]
-NoPad = Annotated[
-    bool,
-    typer.Option(
-        "--no-pad", help="Refuse a scene smaller than one tile instead of padding the tile."
-    ),
-]
-Resample = Annotated[
-    bool,
-    typer.Option(
-        "--resample",
-        help="Read tiles at the model's pixel size (when the scene's is far from it).",
-    ),
-]
-Resume = Annotated[
-    bool,
-    typer.Option(
-        "--resume",
-        help="Keep finished tiles in a hidden journal next to the outputs and continue an "
-        "interrupted run; scenes already done are skipped.",
-    ),
-]
 SkipExisting = Annotated[
     bool, typer.Option("--skip-existing", help="Skip scenes whose outputs exist.")
 ]
@@ -277,37 +208,4 @@ KeepGoing = Annotated[
     typer.Option(
         "--keep-going", help="Go on after a failing scene; the exit code is 2 if any failed."
     ),
-]
-Stac = Annotated[
-    bool,
-    typer.Option(
-        "--stac",
-        help="Also write <scene>.stac.json: a STAC Item of the outputs (footprint in "
-        "EPSG:4326, projection and classification extensions, assets with roles).",
-    ),
-]
-Assets = Annotated[
-    str | None,
-    typer.Option(
-        "--assets",
-        metavar="KEYS",
-        help="For a STAC Item scene: comma-separated asset keys to read as the model's bands, "
-        "in order (e.g. red,green,blue or B04,B03,B02). Default: its visual asset.",
-    ),
-]
-Aoi = Annotated[
-    Path | None,
-    typer.Option(
-        "--aoi",
-        metavar="FILE",
-        help="Area of interest: polygons in a GeoPackage, GeoJSON or Shapefile (any CRS). "
-        "Only tiles touching it are classified; every output is nodata outside it and "
-        "areas count only inside it.",
-        dir_okay=False,
-        show_default=False,
-    ),
-]
-NoQuicklook = Annotated[
-    bool,
-    typer.Option("--no-quicklook", help="Do not write <scene>_quicklook.png."),
 ]

@@ -6,6 +6,8 @@ error's ``exit_code``; anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import re
+
 
 class MscnGeoError(Exception):
     """Base class of every error a user can cause (bad input, bad options).
@@ -63,3 +65,30 @@ class Interrupted(MscnGeoError):
         self.signum = signum
         self.journal = journal
         self.exit_code = 128 + signum
+
+
+_NO_DETAIL = re.compile(r"\s*See previous exception for details\.?")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def explain(exc: BaseException, default: str = "unknown error", limit: int = 240) -> str:
+    """What went wrong, in whole sentences: the first sentence of ``exc`` and of its causes.
+
+    Libraries often say "Read failed. See previous exception for details." and
+    keep the detail in the chained exception (rasterio), or write paragraphs
+    (PyTorch): this keeps one sentence of each, never cut mid-word.
+    """
+    parts: list[str] = []
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        text = _NO_DETAIL.sub("", _ANSI.sub("", " ".join(str(current).split())))
+        sentence = re.split(r"(?<=[.!?])\s", text, maxsplit=1)[0].rstrip(".")
+        if sentence and sentence not in parts and sentence.strip("'\"") != "":
+            parts.append(sentence)
+        current = current.__cause__ or current.__context__
+    text = "; ".join(parts)
+    if len(text) > limit:
+        text = text[:limit].rsplit(" ", 1)[0] + " ..."
+    return text or default

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 HELP = "help"  # the metadata key of a field's help text
+T = TypeVar("T")
 
 
 def option(
@@ -48,3 +49,17 @@ def default_of(owner: type, name: str) -> Any:
 def help_of(owner: type, name: str) -> str:
     """The help text of field ``name`` of ``owner``."""
     return field_of(owner, name).metadata.get(HELP, "")
+
+
+def documented(owner: type[T]) -> type[T]:
+    """Class decorator: append an ``Attributes:`` section made of the fields' help texts."""
+    lines = [
+        f"        {f.name}: {f.metadata[HELP]}"
+        for f in dataclasses.fields(owner)
+        if HELP in f.metadata
+    ]  # type: ignore[arg-type]
+    if lines:
+        owner.__doc__ = "\n\n".join(
+            [(owner.__doc__ or "").rstrip(), "    Attributes:\n" + "\n".join(lines)]
+        )
+    return owner

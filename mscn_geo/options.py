@@ -2,88 +2,116 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from mscn_geo.errors import OptionError
-from mscn_geo.reader import parse_bands
-from mscn_geo.scaling import parse_scale
+from mscn_geo.fields import documented, option
 
 __all__ = ["ClassifyOptions"]
 
 
+@documented
 @dataclass
 class ClassifyOptions:
     """Options of :func:`~mscn_geo.classify.classify_scene` (the ``mscn-geo classify`` options).
 
-    Attributes:
-        tile_size: tile edge in pixels; ``None``: the model's ``meta.tile_size``.
-        stride: tile step in pixels; ``None``: the tile size (no overlap).
-        bands: 1-based scene bands in the model's band order; ``None``: automatic.
-        batch_size: tiles per forward pass.
-        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-        amp: mixed precision; ``None``: on for CUDA, off for CPU.
-        backend: what runs the model: ``auto`` (ONNX Runtime for fp32 on CPU when
-            installed, else PyTorch), ``torch`` or ``onnxruntime``
-            (:mod:`mscn_geo.backends`; measured in the README, Performance).
-        workers: threads reading tiles (0: read in the calling thread).
-        out_dir: folder for the outputs (created if missing).
-        overwrite: replace existing outputs instead of failing.
-        channels_last: run the model in channels-last memory format (faster for
-            the ResNet backbones on CPU and CUDA; README, Performance).
-        compile: ``torch.compile`` the model first (not a CLI option: measured slower
-            for classify on CPU, README, Performance).
-        scale: ``"MIN,MAX"`` linear scaling to 0..255 (``--scale``); default: a
-            per-band percentile stretch for non-uint8 data (:mod:`mscn_geo.scaling`).
-        allow_no_crs: classify a scene without CRS; outputs have no CRS and are
-            in the scene's pixel (or own) coordinates.
-        pad: pad a scene smaller than one tile (``False``: refuse it).
-        resample: read tiles at the model's pixel size (windows of the matching
-            number of scene pixels, resampled to the tile size).
-        resume: keep finished tiles in a journal next to the outputs and continue
-            from it (:mod:`mscn_geo.resume`).
-        stac: also write ``<scene>.stac.json``, a STAC Item of the outputs
-            (:mod:`mscn_geo.stac_out`).
-        assets: for a STAC Item given as scene, the asset keys to read as bands,
-            in the model's band order; ``None``: its visual asset (:mod:`mscn_geo.stac_in`).
-        aoi: area of interest, a polygon file in any CRS (:mod:`mscn_geo.aoi`):
-            only tiles touching it are classified, outputs are nodata outside it.
-        quicklook: write ``<scene>_quicklook.png`` (:mod:`mscn_geo.quicklook`).
+    Each field's help (below) is also its option's ``--help`` text.
     """
 
-    tile_size: int | None = None
-    stride: int | None = None
-    bands: list[int] | str | None = None
-    batch_size: int = 16
-    device: str = "auto"
-    amp: bool | None = None
-    backend: str = "auto"
-    workers: int = 2
-    out_dir: Path = field(default_factory=lambda: Path("."))
-    overwrite: bool = False
-    channels_last: bool = True
-    compile: bool = False
-    scale: str | tuple[float, float] | None = None
-    allow_no_crs: bool = False
-    pad: bool = True
-    resample: bool = False
-    resume: bool = False
-    stac: bool = False
-    assets: list[str] | str | None = None
-    aoi: Path | None = None
-    quicklook: bool = True
+    tile_size: int | None = option(None, help="Tile edge in pixels (default: the model's).")
+    stride: int | None = option(
+        None,
+        help="Step between tiles in pixels, at most the tile size "
+        "(default: the tile size, no overlap).",
+    )
+    bands: list[int] | str | None = option(
+        None,
+        help="1-based scene bands in the model's band order, e.g. 1,2,3 (default: the "
+        "scene's bands when it has as many as the model, else red/green/blue by colour "
+        "interpretation, else the first ones; never alpha).",
+    )
+    batch_size: int = option(16, help="Tiles per forward pass.")
+    device: str = option("auto", help="auto (CUDA if available), cpu, cuda or cuda:N.")
+    amp: bool | None = option(
+        None, help="Mixed precision, bf16/fp16 (default: on with CUDA, off on CPU)."
+    )
+    backend: str = option(
+        "auto",
+        help="What runs the model: auto (ONNX Runtime for fp32 on CPU when installed, "
+        "else PyTorch), torch or onnxruntime (measured in the README, Performance).",
+    )
+    workers: int = option(2, help="Threads reading tiles (0: read in the calling thread).")
+    out_dir: Path = option(
+        default_factory=lambda: Path("."), help="Folder for the outputs (created if missing)."
+    )
+    overwrite: bool = option(False, help="Replace existing outputs instead of failing.")
+    channels_last: bool = option(
+        True,
+        help="Run the model in channels-last memory format (faster for the ResNet "
+        "backbones on CPU and CUDA; README, Performance).",
+    )
+    compile: bool = option(
+        False,
+        help="torch.compile the model first (not a CLI option: measured slower for "
+        "classify on CPU; README, Performance).",
+    )
+    scale: str | tuple[float, float] | None = option(
+        None,
+        help="MIN,MAX: map scene values linearly to 0..255, e.g. 0,4095 for 12-bit data "
+        "(default: 8-bit data as is, other data types a per-band 2-98 percentile stretch).",
+    )
+    allow_no_crs: bool = option(
+        False,
+        help="Classify a scene without CRS: outputs have no CRS and keep the scene's "
+        "geotransform coordinates (pixel column/row when it has no geotransform).",
+    )
+    pad: bool = option(True, help="Pad a scene smaller than one tile (off: refuse it).")
+    resample: bool = option(
+        False,
+        help="Read tiles at the model's pixel size: windows of the matching number of "
+        "scene pixels, resampled to the tile size (footprints stay the true windows).",
+    )
+    resume: bool = option(
+        False,
+        help="Keep finished tiles in a hidden journal next to the outputs and continue an "
+        "interrupted run; scenes already done are skipped.",
+    )
+    stac: bool = option(
+        False,
+        help="Also write <scene>.stac.json: a STAC Item of the outputs (footprint in "
+        "EPSG:4326, projection and classification extensions, assets with roles).",
+    )
+    assets: list[str] | str | None = option(
+        None,
+        help="For a STAC Item scene: comma-separated asset keys to read as the model's "
+        "bands, in order, e.g. red,green,blue or B04,B03,B02 (default: its visual asset).",
+    )
+    aoi: Path | None = option(
+        None,
+        help="Area of interest: polygons in a GeoPackage, GeoJSON or Shapefile (any CRS). "
+        "Only tiles touching it are classified; every output is nodata outside it and "
+        "areas count only inside it.",
+    )
+    quicklook: bool = option(True, help="Write <scene>_quicklook.png.")
 
     def check(self) -> None:
         """Raise :class:`~mscn_geo.errors.OptionError` for a value no scene could use."""
+        from mscn_geo.reader import parse_bands  # rasterio: not for the CLI's --help
+        from mscn_geo.scaling import parse_scale
+
         if self.batch_size < 1:
-            raise OptionError(f"--batch-size must be at least 1, got {self.batch_size}")
+            raise OptionError(
+                f"batch_size must be at least 1, got {self.batch_size}", field="batch_size"
+            )
         if self.workers < 0:
-            raise OptionError(f"--workers must be 0 or more, got {self.workers}")
+            raise OptionError(f"workers must be 0 or more, got {self.workers}", field="workers")
         from mscn_geo.backends import BACKENDS
 
         if self.backend.strip().lower() not in BACKENDS:
             raise OptionError(
-                f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}"
+                f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}",
+                field="backend",
             )
         parse_scale(self.scale)
         parse_bands(self.bands)

@@ -22,7 +22,7 @@ from rasterio.enums import ColorInterp, MaskFlags, Resampling
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
-from mscn_geo.errors import InputError, OptionError
+from mscn_geo.errors import InputError, OptionError, explain
 from mscn_geo.remote import as_scene
 from mscn_geo.scaling import Scaling, estimate_percentiles, fixed_scaling, parse_scale
 from mscn_geo.tiling import Tile
@@ -86,17 +86,12 @@ def parse_bands(text: str | Sequence[int] | None) -> list[int] | None:
     return bands
 
 
-def _first_line(exc: BaseException, default: str = "unknown error") -> str:
-    text = " ".join(str(exc).split())
-    return text[:160] if text else default
-
-
 def _open(path: Path | str) -> rasterio.DatasetReader:
     if isinstance(path, str):  # remote: only GDAL can tell what is wrong
         try:
             return rasterio.open(path)
         except (RasterioError, OSError) as exc:
-            raise InputError(f"{path} cannot be opened ({_first_line(exc)})") from exc
+            raise InputError(f"{path} cannot be opened ({explain(exc)})") from exc
     if not path.exists():
         raise InputError(f"scene not found: {path}")
     if path.is_dir():
@@ -112,7 +107,7 @@ def _open(path: Path | str) -> rasterio.DatasetReader:
     except (RasterioError, OSError) as exc:
         if "permission denied" in str(exc).lower():
             raise InputError(f"scene is not readable (permission denied): {path}") from exc
-        first = _first_line(exc, "unknown format")
+        first = explain(exc, "unknown format")
         raise InputError(f"{path} is not a readable raster ({first})") from exc
 
 
@@ -234,7 +229,7 @@ def open_scene(
             ds.read(band_indexes[0], window=Window(0, 0, 1, 1))
             scaling = _scaling(ds, dtype, band_indexes, bounds)
         except RasterioError as exc:
-            raise InputError(f"{path} is corrupt or unreadable ({_first_line(exc)})") from exc
+            raise InputError(f"{path} is corrupt or unreadable ({explain(exc)})") from exc
         return SceneInfo(
             path=path,
             width=ds.width,
@@ -407,7 +402,7 @@ class TileReader:
         except RasterioError as exc:
             raise InputError(
                 f"{info.path}: cannot read tile row {tile.row} col {tile.col} "
-                f"(corrupt file?): {_first_line(exc)}"
+                f"(corrupt file?): {explain(exc)}"
             ) from exc
         valid = validity(info, data, masks)
         data = to_model_range(info, data)

@@ -121,7 +121,7 @@ CASES: list[Case] = [
     ("missing", _missing, "scene not found"),
     # A folder argument means "its scenes" (batch use); one without scenes is an error.
     ("directory", _directory, "has no .tif, .tiff or .vrt scene"),
-    ("unknown band", _bad_band, "--bands 9 is out of range: the scene has 3 bands"),
+    ("unknown band", _bad_band, "--bands 9 is out of range: the scene has 3 band(s)"),
     ("band names", _band_names, "--bands must be 1-based band numbers like 1,2,3"),
     ("tile larger than scene, no padding", _no_pad, "with padding off (--no-pad)"),
     ("no crs", _no_crs, "has no CRS"),
@@ -184,8 +184,18 @@ def test_checkpoint_not_ours_corrupt_and_wrong_bands(tiny_checkpoint, tmp_path, 
     out = tmp_path / "out"
     foreign = tmp_path / "foreign.pt"
     torch.save({"weights": torch.zeros(3)}, foreign)
+    pickled = tmp_path / "pickled.pt"
+    torch.save(torch.nn.Linear(2, 2), pickled)  # a whole pickled module: not ours
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(tiny_checkpoint.read_bytes()[:5000])
+    # Damage inside a tensor's data: torch.load reads it without a word (no CRC check).
+    damaged = tmp_path / "damaged.pt"
+    data = bytearray(tiny_checkpoint.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 64] = bytes(255 - b for b in data[middle : middle + 64])
+    damaged.write_bytes(bytes(data))
+    text = tmp_path / "notes.pt"
+    text.write_text("not a checkpoint\n")
     torch.manual_seed(0)
     meta = ModelMeta(
         class_names=["a", "b"], bands=["red", "green", "blue", "nir"], mean=[0.5] * 4,
@@ -200,15 +210,23 @@ def test_checkpoint_not_ours_corrupt_and_wrong_bands(tiny_checkpoint, tmp_path, 
     )
     for model, message in (
         (foreign, "is not an mscn-geo checkpoint"),
-        (corrupt, "is not a readable checkpoint"),
+        (
+            pickled,
+            "is not an mscn-geo checkpoint: it holds Python objects "
+            "(torch.nn.modules.linear.Linear) where a checkpoint has only tensors and plain values",
+        ),
+        (corrupt, "corrupt.pt is corrupt or truncated (File is not a zip file)"),
+        (damaged, "damaged.pt is corrupt: its part"),
+        (text, "notes.pt is not a checkpoint: not the zip archive torch.save writes"),
         (
             four,
             "scene has 3 band(s) and the model needs 4 (red, green, blue, nir); "
-            "use a scene with those bands or pass --bands",
+            "use a scene with 4 band(s) or choose some more than once with --bands LIST",
         ),
     ):
         code, stdout, err = cli(capsys, "classify", scene, "-m", model, "-o", out)
         assert_clean_failure(code, stdout, err, out, message)
+        assert "\x1b" not in err and " ..." not in err and "previous exception" not in err
 
 
 def test_output_exists_refused_unless_overwrite(tiny_checkpoint, tmp_path, capsys) -> None:

@@ -90,7 +90,7 @@ def test_foreign_and_corrupt_checkpoints_are_refused(tmp_path):
         load_checkpoint(foreign)
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"PK\x03\x04 garbage")
-    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+    with pytest.raises(CheckpointError, match="is corrupt or truncated"):
         load_checkpoint(corrupt)
     with pytest.raises(CheckpointError, match="not found"):
         load_checkpoint(tmp_path / "missing.pt")
