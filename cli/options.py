@@ -193,6 +193,7 @@ Amp = Annotated[
     bool | None,
     typer.Option("--amp/--no-amp", help=help_of(ClassifyOptions, "amp"), show_default=False),
 ]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help=help_of(ClassifyOptions, "overwrite"))]
 Json = Annotated[
     bool, typer.Option("--json", help="Print one JSON object per line on stdout instead.")
 ]
