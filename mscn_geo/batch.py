@@ -90,12 +90,12 @@ class SceneOutcome:
     def to_dict(self) -> dict[str, Any]:
         if self.result is not None:
             return {"status": self.status, **self.result.to_dict()}
-        out: dict[str, Any] = {"scene": str(self.scene), "status": self.status}
+        out: dict[str, Any] = {"scene": str(Path(self.scene).absolute()), "status": self.status}
         if self.error is not None:
             out["error"] = " ".join(str(self.error).split())
             out["exit_code"] = self.error.exit_code
         if self.outputs:
-            out["outputs"] = {k: str(v) for k, v in self.outputs.items()}
+            out["outputs"] = {k: str(Path(v).absolute()) for k, v in self.outputs.items()}
         return out
 
 

@@ -37,7 +37,7 @@ def make_out_dir(out_dir: Path) -> Path:
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
-        raise OptionError(f"--out {out_dir} exists and is not a folder")
+        raise OptionError(f"out_dir {out_dir} exists and is not a folder", field="out_dir")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -148,7 +148,7 @@ def _classify(
     from_journal = journal.taken if journal is not None else 0
     return SceneResult(
         scene=scene,
-        crs=crs_name(info) or "none (pixel coordinates)",
+        crs=crs_name(info) or "none",
         bands=list(info.band_indexes),
         tiles=len(grid),
         classified=classified,

@@ -56,7 +56,8 @@ class SceneResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "scene": str(self.scene),
+            # Absolute paths: a summary is read by other programs, from other folders.
+            "scene": str(Path(self.scene).absolute()),
             "crs": self.crs,
             "bands": list(self.bands),
             "tiles": self.tiles,
@@ -70,7 +71,7 @@ class SceneResult:
             "device": self.device,
             "amp": self.amp,
             "model": {"path": self.model_path, "label": self.model_label, "trained": self.trained},
-            "outputs": {k: str(v) for k, v in self.outputs.items()},
+            "outputs": {k: str(Path(v).absolute()) for k, v in self.outputs.items()},
             "areas": self.areas,
             "landuse_polygons": self.landuse_polygons,
             "warnings": list(self.warnings),

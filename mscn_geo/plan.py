@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from mscn_geo.errors import InputError, OptionError
+from mscn_geo.errors import InputError, OptionError, explain
 from mscn_geo.models.checkpoint import ModelMeta
 from mscn_geo.options import ClassifyOptions
 from mscn_geo.reader import SceneInfo, TileReader, open_scene, parse_bands
@@ -109,21 +109,23 @@ def plan_scene(
     )
     warnings = list(info.warnings)
     if info.crs is None:
-        warnings.append("scene has no CRS: outputs are in pixel coordinates, without CRS")
+        warnings.append(no_crs_warning(info))
     size_m = pixel_size_m(info)
     window, window_stride = tile, stride
     if options.resample:
         if size_m is None or not meta.pixel_size_m:
             raise OptionError(
-                f"--resample needs the scene's pixel size in metres; {info.path} has no usable CRS"
+                f"resample=True needs the scene's pixel size in metres; {info.path} has no "
+                "usable CRS",
+                field="resample",
             )
         scale = meta.pixel_size_m / size_m  # scene pixels per model pixel
         window = round(tile * scale)
         window_stride = min(window, max(1, round(stride * scale)))
         if window < MIN_TILE:
             raise OptionError(
-                f"--resample: a {tile} px tile at the model's {meta.pixel_size_m:g} m covers "
-                f"only {window} scene pixels of {size_m:.3g} m (at least {MIN_TILE} needed)"
+                f"resample=True cannot help: {_does_not_fit(size_m, meta, tile)}",
+                field="resample",
             )
         if window != tile:
             info.read_tile, info.read_scale = tile, window / tile
@@ -134,14 +136,15 @@ def plan_scene(
         if not options.pad:
             raise OptionError(
                 f"tile size {window} px is larger than the scene ({info.width}x{info.height} px)"
-                " with padding off (--no-pad); use a smaller --tile-size or allow padding"
+                " with padding off (pad=False); use a smaller tile_size or allow padding",
+                field=("pad", "tile_size"),
             )
         warnings.append(
             f"scene ({info.width}x{info.height} px) is smaller than one {window} px tile: "
             "the tile is padded (padded = true)"
         )
     if not options.resample:
-        warnings.extend(pixel_size_warnings(size_m, meta))
+        warnings.extend(pixel_size_warnings(size_m, meta, tile))
     if options.aoi is not None:
         from mscn_geo.aoi import read_aoi
         from mscn_geo.landuse import scene_footprint
@@ -174,17 +177,59 @@ def pixel_size_m(info: SceneInfo) -> float | None:
     return math.sqrt(area) * metres
 
 
-def pixel_size_warnings(size: float | None, meta: ModelMeta) -> list[str]:
-    """Advice when the scene's pixel size (metres) is far from the model's."""
+def pixel_size_warnings(size: float | None, meta: ModelMeta, tile: int | None = None) -> list[str]:
+    """Advice when the scene's pixel size (metres) is far from the model's.
+
+    The advice is one that works: ``resample=True`` only where the resampled
+    window is a usable tile (at least :data:`~mscn_geo.tiling.MIN_TILE` scene
+    pixels); where it is not, the warning says the model does not fit the
+    imagery and what would.
+    """
     if size is None or not meta.pixel_size_m:
         return []
     ratio = size / meta.pixel_size_m
     if 0.5 <= ratio <= 2:
         return []
-    return [
-        f"pixel size {size:.3g} m is {ratio:.2g}x the model's {meta.pixel_size_m:g} m: classes"
-        " may be unreliable; pass --resample to read tiles at the model's pixel size"
-    ]
+    tile = meta.tile_size if tile is None else tile
+    window = round(tile * meta.pixel_size_m / size)
+    times = f"{ratio:.0f}" if ratio >= 10 else f"{ratio:.2g}"
+    far = f"pixel size {size:.3g} m is {times}x the model's {meta.pixel_size_m:g} m"
+    if window < MIN_TILE:
+        return [f"{far}: classes are not meaningful: {_does_not_fit(size, meta, tile)}"]
+    advice = (
+        f"{far}: classes may be unreliable; pass resample=True to read tiles at the "
+        f"model's pixel size ({window} px windows resampled to {tile} px)"
+    )
+    if ratio > 2:  # upsampled windows are blurrier than what the model learnt from
+        advice += f"; {_a_model_that_fits(size, 'would fit better')}"
+    return [advice]
+
+
+def _does_not_fit(size: float, meta: ModelMeta, tile: int) -> str:
+    window = round(tile * meta.pixel_size_m / size)
+    return (
+        f"this model does not fit {size:.3g} m imagery (a {tile} px tile at its "
+        f"{meta.pixel_size_m:g} m covers {tile * meta.pixel_size_m:g} m, only {window} pixels "
+        f"of this scene, and at least {MIN_TILE} are needed); "
+        + _a_model_that_fits(size, "would fit")
+    )
+
+
+def _a_model_that_fits(size: float, verb: str) -> str:
+    return (
+        f"a model trained on chips of about {size:.3g} m pixels {verb}: cut them from such "
+        "scenes with `mscn-geo chips` and fine-tune the bundled model on them with "
+        "`mscn-geo train --init bundled`"
+    )
+
+
+def no_crs_warning(info: SceneInfo) -> str:
+    """What a scene without CRS gives: outputs without CRS, in the scene's own coordinates."""
+    if info.transform.is_identity:
+        where = "pixel coordinates (x = column, y = row, from the top left corner)"
+    else:
+        where = "the scene's geotransform coordinates (whatever units they are in)"
+    return f"scene has no CRS: outputs have none either; their coordinates are {where}"
 
 
 def estimate_nodata_tiles(info: SceneInfo, grid: TileGrid) -> tuple[int, bool]:
@@ -206,7 +251,7 @@ def estimate_nodata_tiles(info: SceneInfo, grid: TileGrid) -> tuple[int, bool]:
         with rasterio.open(info.path) as ds:
             masks = ds.read_masks(info.band_indexes, out_shape=(len(info.band_indexes), *shape))
     except RasterioError as exc:
-        raise InputError(f"{info.path} is corrupt or unreadable ({exc})") from exc
+        raise InputError(f"{info.path} is corrupt or unreadable ({explain(exc)})") from exc
     valid = masks.any(axis=0)
     sy, sx = shape[0] / info.height, shape[1] / info.width
     skipped = 0
@@ -240,6 +285,7 @@ def check_scene_list(scenes: list[Path], out_dir: Path) -> None:
         if gpkg in seen:
             raise OptionError(
                 f"{seen[gpkg]} and {scene} would both write {gpkg}; classify them into "
-                "different --out folders"
+                "different out_dir folders",
+                field="out_dir",
             )
         seen[gpkg] = scene

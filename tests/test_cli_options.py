@@ -163,11 +163,19 @@ def test_library_errors_name_fields_and_the_cli_prints_flags(make_scene, tiny_ch
     assert code == 2 and "error: --device must be auto, cpu or cuda[:N], got 'gpu'" in stderr
 
 
-def test_json_warnings_also_go_to_stderr(make_scene, tiny_checkpoint, tmp_path, capsys) -> None:
-    scene = make_scene(64, 64)
-    args = ("classify", scene, "-m", tiny_checkpoint, "-o", tmp_path, "--tile-size", "32")
+def test_json_warnings_on_stderr_and_absolute_paths(
+    make_scene, tiny_checkpoint, tmp_path, capsys, monkeypatch
+) -> None:
+    make_scene(64, 64)
+    monkeypatch.chdir(tmp_path)
+    args = ("classify", "scene.tif", "-m", tiny_checkpoint, "-o", "out", "--tile-size", "32")
     code, stdout, stderr = _run(capsys, *args, "--json", "--device", "cpu")
     assert code == 0, stderr
     summary = json.loads(stdout)
     assert summary["warnings"] == ["tile size 32 px differs from the model's 64 px"]
     assert f"mscn-geo: warning: {summary['scene']}: tile size 32 px differs" in stderr
+    assert summary["scene"] == str(tmp_path / "scene.tif")
+    assert summary["outputs"] == {
+        "gpkg": str(tmp_path / "out" / "scene.gpkg"),
+        "raster": str(tmp_path / "out" / "scene_classes.tif"),
+    }

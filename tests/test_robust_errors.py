@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -39,11 +42,14 @@ def write_scene(path: Path, width: int = 192, height: int = 64, **profile: objec
     return path
 
 
-def corrupt_last_block(path: Path) -> Path:
-    """Garbage in the data of the last tile's block: the header and first tiles still read."""
+def corrupt_last_block(path: Path, col: int = 2, row: int = 0) -> Path:
+    """Garbage in the data of one block (default: the last tile's of a 192x64 scene).
+
+    The header and the other tiles still read.
+    """
     with rasterio.open(path) as ds:
-        offset = int(ds.get_tag_item("BLOCK_OFFSET_2_0", "TIFF", bidx=1))
-        size = int(ds.get_tag_item("BLOCK_SIZE_2_0", "TIFF", bidx=1))
+        offset = int(ds.get_tag_item(f"BLOCK_OFFSET_{col}_{row}", "TIFF", bidx=1))
+        size = int(ds.get_tag_item(f"BLOCK_SIZE_{col}_{row}", "TIFF", bidx=1))
     with open(path, "r+b") as f:
         f.seek(offset)
         f.write(bytes(range(256)) * (size // 256) + b"\xff" * (size % 256))
@@ -140,15 +146,22 @@ def test_bad_scene(name, make, message, tiny_checkpoint, tmp_path, capsys) -> No
 
 
 def test_corrupt_block_fails_mid_run_not_at_open(tiny_model, tmp_path) -> None:
+    """A tile in the middle of the scene is corrupt: the run gets there, then fails cleanly."""
+    from mscn_geo.classify import classify_scene
+    from mscn_geo.errors import InputError
     from mscn_geo.options import ClassifyOptions
-    from mscn_geo.plan import plan_scene
-    from mscn_geo.reader import TileReader
 
-    scene = corrupt_last_block(write_scene(tmp_path / "blocks.tif"))
-    plan = plan_scene(scene, tiny_model.meta, ClassifyOptions())
-    tiles = plan.grid.tiles()
-    with TileReader(plan.info, 64) as reader:
-        assert reader.read(tiles[0]).pixels is not None  # the first tiles read fine
+    # 5 x 3 tiles of 64 px; the block of tile row 1, col 2 (the 8th of 15) is garbage.
+    scene = corrupt_last_block(write_scene(tmp_path / "blocks.tif", 320, 192), col=2, row=1)
+    out = tmp_path / "out"
+    done: list[int] = []
+    options = ClassifyOptions(out_dir=out, workers=0, batch_size=1, device="cpu")
+    with pytest.raises(InputError) as err:
+        classify_scene(scene, tiny_model, options, progress=lambda d, _total: done.append(d))
+    assert str(err.value).startswith(f"{scene}: cannot read tile row 1 col 2 (corrupt file?): ")
+    assert "IReadBlock failed" in str(err.value)  # GDAL's reason, not "see previous exception"
+    assert max(done) == 7  # the 7 tiles before it were classified: it failed mid-run
+    assert sorted(p.name for p in out.iterdir()) == []  # no output, no temporary
 
 
 @pytest.mark.skipif(not IS_ROOT, reason="covered by test_unreadable_scene_real (not root)")
@@ -243,16 +256,64 @@ def test_output_exists_refused_unless_overwrite(tiny_checkpoint, tmp_path, capsy
     assert (out / "s.gpkg").read_bytes()[:6] == b"SQLite"
 
 
-def test_output_folder_not_writable(monkeypatch, tiny_checkpoint, tmp_path, capsys) -> None:
+def _folder_nobody_can_write() -> Path | None:
+    """A real folder where even root cannot create a file (sysfs), or None."""
+    for candidate in (Path("/sys/kernel"), Path("/sys")):
+        try:
+            (candidate / ".mscn-geo-test").touch()
+        except OSError:
+            if candidate.is_dir():
+                return candidate
+        else:  # pragma: no cover - a writable sysfs: do not leave the file
+            (candidate / ".mscn-geo-test").unlink()
+    return None
+
+
+def test_output_folder_not_writable_for_real(tiny_checkpoint, tmp_path, capsys) -> None:
+    """No mock of the check: a folder the OS refuses files in, whoever runs the test.
+
+    Root passes ``os.access`` on such folders; the refusal must still come before any
+    work, with the folder named (not "disk full" after classifying the whole scene).
+    """
     scene = write_scene(tmp_path / "s.tif")
-    out = tmp_path / "out"
-    out.mkdir()
-    real_access = os.access
-    monkeypatch.setattr(
-        os, "access", lambda p, m: False if Path(p) == out and m & os.W_OK else real_access(p, m)
-    )
+    if not IS_ROOT:
+        out = tmp_path / "locked"
+        out.mkdir()
+        out.chmod(0o555)
+    else:
+        found = _folder_nobody_can_write()
+        if found is None:
+            pytest.skip("no folder here refuses root's writes (no sysfs)")
+        out = found
+    before = sorted(p.name for p in out.iterdir())
     code, stdout, err = cli(capsys, "classify", scene, "-m", tiny_checkpoint, "-o", out)
-    assert_clean_failure(code, stdout, err, out, f"output folder {out} is not writable")
+    assert code == 2 and stdout == "", err
+    assert err.startswith(f"mscn-geo: error: output folder {out} is not writable (")
+    assert len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in out.iterdir()) == before
+
+
+def test_read_only_mount_is_refused(tiny_checkpoint, tmp_path) -> None:
+    """A read-only file system, mounted in a private mount namespace (root only)."""
+    if not IS_ROOT or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare to mount a read-only tmpfs privately")
+    scene = write_scene(tmp_path / "s.tif")
+    out = tmp_path / "ro"
+    out.mkdir()
+    script = (
+        f"mount -t tmpfs -o ro tmpfs {out} || exit 77; "
+        f"{sys.executable} -m mscn_geo_cli.main classify {scene} -m {tiny_checkpoint} -o {out}"
+    )
+    proc = subprocess.run(
+        ["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=300
+    )
+    if proc.returncode == 77 or "Operation not permitted" in proc.stderr:
+        pytest.skip(f"cannot mount here: {proc.stderr.strip()[:200]}")
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr == (
+        f"mscn-geo: error: output folder {out} is not writable (Read-only file system)\n"
+    )
+    assert list(out.iterdir()) == []  # the mount was private: nothing leaked here either
 
 
 def test_disk_full_leaves_nothing(monkeypatch, tiny_checkpoint, tmp_path, capsys) -> None:

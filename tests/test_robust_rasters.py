@@ -271,9 +271,25 @@ def test_no_crs_error_or_pixel_space(tiny_model, tmp_path: Path) -> None:
     result, frame, raster, profile = classify(path, tiny_model, tmp_path / "o", allow_no_crs=True)
     crs = profile["crs"]
     assert crs is None and frame.crs is None and raster.shape == (64, 100)
-    assert result.crs == "none (pixel coordinates)"
+    assert result.crs == "none"
+    assert result.warnings == [
+        "scene has no CRS: outputs have none either; their coordinates are pixel coordinates "
+        "(x = column, y = row, from the top left corner)"
+    ]
     bounds = sorted(tuple(g.bounds) for g in frame.geometry)
     assert bounds == [(0.0, 0.0, 64.0, 64.0), (36.0, 0.0, 100.0, 64.0)]
+    # A geotransform without CRS: outputs keep its coordinates (not pixel ones), and say so.
+    placed = write(
+        tmp_path / "placed.tif", pattern(100, 64), crs=None, transform=from_origin(1000, 2000, 2, 2)
+    )
+    result, frame, _, profile = classify(placed, tiny_model, tmp_path / "p", allow_no_crs=True)
+    assert profile["crs"] is None and profile["transform"] == from_origin(1000, 2000, 2, 2)
+    assert result.warnings == [
+        "scene has no CRS: outputs have none either; their coordinates are the scene's "
+        "geotransform coordinates (whatever units they are in)"
+    ]
+    bounds = sorted(tuple(g.bounds) for g in frame.geometry)
+    assert bounds == [(1000.0, 1872.0, 1128.0, 2000.0), (1072.0, 1872.0, 1200.0, 2000.0)]
 
 
 def test_scene_smaller_than_a_tile(tiny_model, tmp_path: Path) -> None:
@@ -295,10 +311,11 @@ def test_pixel_size_warning_and_resample(tiny_model, tmp_path: Path) -> None:
         tmp_path / "fine.tif", pattern(300, 260), transform=from_origin(500_000, 5e6, 0.125, 0.125)
     )
     plan = plan_scene(path, tiny_model.meta, ClassifyOptions())
-    assert (
+    assert plan.warnings == [
         "pixel size 0.125 m is 0.25x the model's 0.5 m: classes may be unreliable; "
-        "pass --resample to read tiles at the model's pixel size"
-    ) in plan.warnings
+        "pass resample=True to read tiles at the model's pixel size "
+        "(256 px windows resampled to 64 px)"
+    ]
     result, frame, raster, _ = classify(path, tiny_model, tmp_path / "o", resample=True)
     assert not any("pixel size" in w for w in result.warnings)
     assert result.tiles == 4 and len(frame) == 4
@@ -310,6 +327,30 @@ def test_pixel_size_warning_and_resample(tiny_model, tmp_path: Path) -> None:
     with TileReader(info, 256) as reader:
         tile = reader.read(Tile(0, 0, Window(0, 0, 256, 256), False))
     assert tile.pixels is not None and tile.pixels.shape == (3, 64, 64)
+
+
+@pytest.mark.parametrize("size", [0.05, 0.125, 0.3, 1.0, 1.6, 4.0, 20.0, 300.0])
+def test_pixel_size_advice_is_advice_that_works(size, tiny_model, tmp_path: Path) -> None:
+    """Where the warning says pass resample=True, resampling works; elsewhere it says why not."""
+    path = write(tmp_path / "s.tif", pattern(64, 64), transform=from_origin(5e5, 5e6, size, size))
+    warnings = [
+        w
+        for w in plan_scene(path, tiny_model.meta, ClassifyOptions()).warnings
+        if "pixel size" in w
+    ]
+    window = round(64 * 0.5 / size)  # scene pixels under one 64 px model tile of 0.5 m
+    if 0.25 <= size <= 1.0:
+        assert warnings == []
+    elif window >= 32:
+        assert len(warnings) == 1 and "pass resample=True" in warnings[0]
+        plan = plan_scene(path, tiny_model.meta, ClassifyOptions(resample=True))
+        assert plan.grid.tile == window and plan.info.read_tile == 64
+    else:
+        assert len(warnings) == 1 and "resample" not in warnings[0]
+        assert f"this model does not fit {size:g} m imagery" in warnings[0]
+        assert "a model trained on chips of about" in warnings[0]
+        with pytest.raises(OptionError, match="resample=True cannot help: this model does not fit"):
+            plan_scene(path, tiny_model.meta, ClassifyOptions(resample=True))
 
 
 def test_geographic_pixel_size_is_estimated(tiny_model, tmp_path: Path) -> None:
@@ -324,7 +365,7 @@ def test_geographic_pixel_size_is_estimated(tiny_model, tmp_path: Path) -> None:
     assert plan.pixel_size_m == pytest.approx(
         0.00005 * 110_574 * np.sqrt(np.cos(np.radians(50))), rel=1e-3
     )
-    assert any("--resample" in w for w in plan.warnings)
+    assert any("this model does not fit 4.43 m imagery" in w for w in plan.warnings)
 
 
 # --- formats ----------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import errno
 import os
 import re
 import shutil
+import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -126,8 +127,9 @@ def _check_folders(finals: Sequence[Path]) -> None:
             raise OutputError(f"output folder {folder} does not exist")
         if not folder.is_dir():
             raise OutputError(f"output folder {folder} is not a folder")
-        if not os.access(folder, os.W_OK | os.X_OK):
-            raise OutputError(f"output folder {folder} is not writable")
+        reason = _cannot_create_in(folder)
+        if reason:
+            raise OutputError(f"output folder {folder} is not writable ({reason})")
 
 
 def check_destination(finals: Sequence[Path], overwrite: bool) -> None:
@@ -135,7 +137,7 @@ def check_destination(finals: Sequence[Path], overwrite: bool) -> None:
     ``overwrite``) a final or a sidecar of it that exists.
 
     Raises:
-        OutputError: ``"<path> exists; use --overwrite"`` and folder problems.
+        OutputError: ``"<path> exists; use overwrite=True"`` and folder problems.
     """
     _check_folders(finals)
     if overwrite:
@@ -147,7 +149,22 @@ def check_destination(finals: Sequence[Path], overwrite: bool) -> None:
         # A sidecar left from an earlier run belongs to that run's output too.
         for existing in (final, *_sidecars(final)):
             if existing.exists() or existing.is_symlink():
-                raise OutputError(f"{existing} exists; use --overwrite")
+                raise OutputError(f"{existing} exists; use overwrite=True", field="overwrite")
+
+
+def _cannot_create_in(folder: Path) -> str | None:
+    """Why no file can be created in ``folder`` (``None``: one can).
+
+    A real attempt, not ``os.access``: root passes ``os.access`` on a read-only
+    mount or in ``/sys``, and would learn it only when the first output fails.
+    """
+    try:
+        fd, name = tempfile.mkstemp(prefix=".mscn-geo-probe.", dir=folder)
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    os.close(fd)
+    os.unlink(name)
+    return None
 
 
 # A temporary of :func:`temporary_path`: ``.<stem>.<pid>.partial[.<ext>...]``.
@@ -310,7 +327,7 @@ def atomic_outputs(finals: Sequence[Path], overwrite: bool = False) -> Iterator[
 
     Raises:
         OutputError: before anything is written if a final (or a sidecar of it)
-            exists and not ``overwrite`` ("... exists; use --overwrite"), or a
+            exists and not ``overwrite`` ("... exists; use overwrite=True"), or a
             folder is missing or not writable; during the block, a full disk or
             exceeded quota becomes ``OutputError('disk full while writing ...')``;
             after it, a listed temporary the block did not create.

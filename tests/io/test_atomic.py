@@ -92,7 +92,7 @@ def test_existing_output_is_refused_and_kept(tmp_path: Path) -> None:
     finals[1].write_bytes(b"old raster")
     entered = False
     with (
-        pytest.raises(OutputError, match=r"scene_classes\.tif exists; use --overwrite"),
+        pytest.raises(OutputError, match=r"scene_classes\.tif exists; use overwrite=True"),
         atomic_outputs(finals),
     ):
         entered = True

@@ -93,6 +93,9 @@ def test_columns_types_and_values_round_trip(tmp_path: Path, tiles: geopandas.Ge
     assert info["ogr_subtypes"][expected_fields.index("padded")] == "OFSTBoolean"
     assert info["geometry_type"] == "Polygon"
     assert info["features"] == 6
+    with contextlib.closing(sqlite3.connect(path)) as db:  # the README names it `geom`
+        columns = db.execute("SELECT column_name FROM gpkg_geometry_columns").fetchall()
+    assert columns == [("geom",)]
 
     back = geopandas.read_file(path, layer="tiles", engine="pyogrio")
     assert back["class_id"].dtype.kind == "i"
@@ -101,7 +104,15 @@ def test_columns_types_and_values_round_trip(tmp_path: Path, tiles: geopandas.Ge
     assert back["class_name"].tolist() == tiles["class_name"].tolist()
     assert back["padded"].tolist() == [False, False, True, False, False, True]
     probabilities = back[[f"p_{n}" for n in NAMES]].to_numpy()
-    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-12)
+    # Each p_<class> column holds that class's input probability (not a copy of another
+    # class's, not reordered, not rounded beyond float32).
+    given = tiles[[f"p_{n}" for n in NAMES]].to_numpy()
+    np.testing.assert_allclose(probabilities, given, rtol=1e-6, atol=0)
+    np.testing.assert_allclose(back["confidence"], tiles["confidence"], rtol=1e-6, atol=0)
+    np.testing.assert_allclose(back["nodata_fraction"], tiles["nodata_fraction"])
+    assert back["row"].tolist() == tiles["row"].tolist()
+    assert back["col"].tolist() == tiles["col"].tolist()
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-6)
     np.testing.assert_allclose(back["confidence"], probabilities.max(axis=1))
     assert [NAMES[i] for i in probabilities.argmax(axis=1)] == back["class_name"].tolist()
     assert back.geometry.geom_equals_exact(tiles.geometry, tolerance=0).all()
