@@ -233,7 +233,10 @@ def claim_outputs(finals: Sequence[Path]) -> Iterator[None]:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
         except OSError as exc:
-            raise OutputError(f"cannot create the lock file {path}: {exc.strerror}") from exc
+            # The first file a run creates there: the folder's own check's words.
+            raise OutputError(
+                f"output folder {path.parent} is not writable ({exc.strerror})"
+            ) from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
