@@ -83,17 +83,27 @@ def resolve_backend(name: str, device: torch.device, amp: torch.dtype | None) ->
     """
     name = name.strip().lower()
     if name not in BACKENDS:
-        raise OptionError(f"--backend must be one of {', '.join(BACKENDS)}, got {name!r}")
+        raise OptionError(
+            f"backend must be one of {', '.join(BACKENDS)}, got {name!r}", field="backend"
+        )
     if name == "auto":
         cpu_fp32 = device.type == "cpu" and amp is None
         return "onnxruntime" if cpu_fp32 and onnxruntime_available() else "torch"
     if name == "onnxruntime":
         if device.type != "cpu":
-            raise OptionError("--backend onnxruntime runs on the CPU only (use --device cpu)")
+            raise OptionError(
+                "backend='onnxruntime' runs on the CPU only (use device='cpu')",
+                field=("backend", "device"),
+            )
         if amp is not None:
-            raise OptionError("--backend onnxruntime is fp32 only (drop --amp)")
+            raise OptionError(
+                "backend='onnxruntime' is fp32 only (use amp=False)", field=("backend", "amp")
+            )
         if not onnxruntime_available():
-            raise OptionError("--backend onnxruntime needs the onnxruntime and onnxscript packages")
+            raise OptionError(
+                "backend='onnxruntime' needs the onnxruntime and onnxscript packages",
+                field="backend",
+            )
     return name
 
 
