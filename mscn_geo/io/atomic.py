@@ -420,7 +420,7 @@ def atomic_folder(
         if not final.is_dir() or final.is_symlink():
             raise OutputError(f"{final} exists and is not a folder")
         if not overwrite:
-            raise OutputError(f"{final} exists; use --overwrite")
+            raise OutputError(f"{final} exists; use overwrite=True", field="overwrite")
         if not _replaceable(final, marker):
             raise OutputError(
                 f"{final} exists and is not an mscn-geo output folder (no {marker}); "
