@@ -63,6 +63,7 @@ __all__ = [
     "ClusterError",
     "ModelRef",
     "block_rows",
+    "block_tiles",
     "classify_scenes_on_cluster",
     "connect",
     "local_cluster",
@@ -164,20 +165,19 @@ def predict_block(
     row1: int,
     options: ClassifyOptions,
     torch_threads: int | None = None,
-    delay_s: float = 0.0,
 ) -> BlockResult:
     """The Dask task: classify tile rows ``row0..row1-1`` of a scene (no side effects).
 
+    Only the block's own tiles are laid out (:meth:`TileGrid.iter_tiles`), so a
+    task costs its tiles whatever the scene size.
+
     Args:
         torch_threads: CPU threads for the model in this worker (``None``: unchanged).
-        delay_s: sleep first (tests kill a worker while its task runs).
     """
     start = time.perf_counter()
     if torch_threads:
         torch.set_num_threads(torch_threads)
     model = worker_model(ref)
-    if delay_s:
-        time.sleep(delay_s)
     cols = grid.shape[1]
     part, device, amp = predict_tiles(info, grid, model, options, span=(row0 * cols, row1 * cols))
     return BlockResult(
@@ -198,6 +198,11 @@ def block_rows(grid: TileGrid, tiles_per_task: int) -> list[tuple[int, int]]:
     rows, cols = grid.shape
     step = max(1, round(tiles_per_task / cols))
     return [(r, min(r + step, rows)) for r in range(0, rows, step)]
+
+
+def block_tiles(grid: TileGrid, rows: tuple[int, int]) -> int:
+    """Tiles in the block of tile rows ``rows`` (by arithmetic: no tile is laid out)."""
+    return (rows[1] - rows[0]) * grid.shape[1]
 
 
 def tiles_per_task(total_tiles: int, workers: int) -> int:
@@ -356,11 +361,10 @@ class _Job:
         *,
         torch_threads: int | None,
         task_tiles: int | None,
-        delay_s: float,
     ) -> None:
         self.client, self.model, self.options = client, model, options
         self.ref = ModelRef.of(model)
-        self.torch_threads, self.task_tiles, self.delay_s = torch_threads, task_tiles, delay_s
+        self.torch_threads, self.task_tiles = torch_threads, task_tiles
         self.work: dict[Path, _SceneWork] = {}
         self.total = 0
         self.done = 0
@@ -396,7 +400,7 @@ class _Job:
             plan = work.plan
             assert plan is not None
             for row0, row1 in block_rows(plan.grid, per_task):
-                n = (row1 - row0) * plan.grid.shape[1]
+                n = block_tiles(plan.grid, (row0, row1))
                 future = self.client.submit(
                     predict_block,
                     self.ref,
@@ -406,7 +410,6 @@ class _Job:
                     row1,
                     self.options,
                     self.torch_threads,
-                    self.delay_s,
                     key=f"mscn-geo-{self._run}-{order}-{scene.stem}-rows-{row0}-{row1}",
                     retries=RETRIES,
                     priority=len(planned) - order,  # earlier scenes first: written first
@@ -483,7 +486,6 @@ def classify_scenes_on_cluster(
     | None = None,
     tiles_per_task: int | None = None,
     torch_threads: int | None = None,
-    task_delay_s: float = 0.0,
 ) -> Iterator[SceneOutcome]:
     """:func:`mscn_geo.batch.classify_scenes` with the model running on a Dask cluster.
 
@@ -498,7 +500,6 @@ def classify_scenes_on_cluster(
         tiles_per_task: block size (default: :func:`tiles_per_task`).
         torch_threads: model threads per worker (default: the local cluster's
             share of the cores; unchanged on a remote cluster).
-        task_delay_s: test hook, every task sleeps this long first.
 
     Raises:
         OptionError: ``--resume`` (not supported on a cluster), bad options.
@@ -525,7 +526,6 @@ def classify_scenes_on_cluster(
             options,
             torch_threads=threads,
             task_tiles=tiles_per_task,
-            delay_s=task_delay_s,
         )
         skip = skip_existing or options.resume
         todo = [s for s in scenes if not (skip and outputs_exist(s, options) is not None)]

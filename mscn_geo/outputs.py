@@ -12,7 +12,7 @@ from affine import Affine
 
 from mscn_geo.models.checkpoint import ModelMeta
 from mscn_geo.predict import NODATA_CLASS, TileResult
-from mscn_geo.reader import SceneInfo, block_cache_bounded
+from mscn_geo.reader import SceneInfo, cap_block_cache
 from mscn_geo.tiling import Tile, TileGrid
 
 __all__ = ["STRIP_ROWS", "SceneResult", "footprints", "tiles_frame", "write_class_raster"]
@@ -143,19 +143,17 @@ def write_class_raster(
     rows, cols = grid.shape
     classes = result.class_ids.reshape(rows, cols)
     # GDAL would otherwise keep dirty blocks up to 5% of RAM (the whole raster).
-    with (
-        block_cache_bounded(info.width, 1, 1, STRIP_ROWS),
-        ClassRasterWriter(
-            path,
-            width=info.width,
-            height=info.height,
-            crs=info.crs,
-            transform=info.transform,
-            class_names=meta.class_names,
-            colours=class_colours(meta.class_names),
-            nodata=NODATA_CLASS,
-        ) as writer,
-    ):
+    cap_block_cache(info.width, 1, 1, STRIP_ROWS)
+    with ClassRasterWriter(
+        path,
+        width=info.width,
+        height=info.height,
+        crs=info.crs,
+        transform=info.transform,
+        class_names=meta.class_names,
+        colours=class_colours(meta.class_names),
+        nodata=NODATA_CLASS,
+    ) as writer:
         for y0 in range(0, info.height, STRIP_ROWS):
             y1 = min(y0 + STRIP_ROWS, info.height)
             strip = grid.paint(classes, y0, y1)

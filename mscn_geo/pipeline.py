@@ -20,6 +20,7 @@ scene size.
 
 from __future__ import annotations
 
+import copy
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -153,28 +154,21 @@ def prepare_model(
     channels_last: bool = True,
     compile: bool = False,
 ) -> ModelRunner:
-    """Move ``model`` to ``device`` in eval mode; channels-last and ``torch.compile`` optional.
+    """A copy of ``model`` on ``device`` in eval mode; channels-last and ``torch.compile`` optional.
 
+    The caller's module is left as it was (device, train/eval mode, memory
+    format, attributes): the runner holds its own copy, freed with the runner.
     channels_last is the default on CPU and CUDA: measured faster for the
     ResNet backbones (README, Performance). ``compile`` is off by default: on
     real imagery the MSC top-k tie check breaks the graph, and classify ran
     slower compiled than eager on CPU (README, Performance).
     """
-    key = (str(device), amp, channels_last, compile)
-    # Kept on the module itself, so it goes when the model goes. Only the last
-    # preparation is kept: preparing moves and re-lays-out the module in place,
-    # so a runner prepared for another key would now run on changed weights.
-    cached = model.__dict__.get("_mscn_geo_runner")
-    if cached is not None and cached[0] == key:  # resumable runs call the loop per chunk
-        return cached[1]
-    net: nn.Module = model.eval().to(device)
+    net: nn.Module = copy.deepcopy(model).eval().requires_grad_(False).to(device)
     net = net.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     runner: Callable[[torch.Tensor], torch.Tensor] = net
     if compile:
         runner = torch.compile(net, dynamic=False)  # type: ignore[assignment]
-    prepared = ModelRunner(runner, device, amp, channels_last)
-    model.__dict__["_mscn_geo_runner"] = (key, prepared)
-    return prepared
+    return ModelRunner(runner, device, amp, channels_last)
 
 
 @dataclass

@@ -9,8 +9,7 @@ from __future__ import annotations
 import math
 import os
 import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -289,41 +288,48 @@ class TilePixels:
     nodata_fraction: float
 
 
-def bound_block_cache(width: int, bands: int, itemsize: int, rows: int) -> int | None:
-    """Cap GDAL's block cache at two strips of ``rows`` x ``width``; returns the old cap.
+class _BlockCacheCap:
+    """The process's cap on GDAL's block cache (see :func:`cap_block_cache`)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.default: int | None = None  # GDAL's cap before the first call
+        self.needed = 0  # the largest need of any call so far
+
+
+_CACHE_CAP = _BlockCacheCap()
+
+
+def cap_block_cache(width: int, bands: int, itemsize: int, rows: int) -> int | None:
+    """Cap GDAL's block cache for this process; returns the cap (``None``: left alone).
 
     GDAL keeps decoded (and, when writing, dirty) blocks up to ``GDAL_CACHEMAX``,
     default 5% of RAM: 1.2 GB on a 24 GB machine, 6 GB on 128 GB. Reading or
     writing a 30,000 px scene once would fill it, although tiles only share
-    blocks with their neighbours in the same or next tile row. The cap is
-    clamped to 64 MiB..1 GiB and never raised; an explicit ``GDAL_CACHEMAX`` in
-    the environment is left alone (``None`` is returned).
+    blocks with their neighbours in the same or next tile row. Each reader or
+    writer needs two strips of ``rows`` x ``width`` (clamped to 64 MiB..1 GiB).
+
+    GDAL has one cache per process, so this is a process-level setting, taken
+    once and never restored: the cap is the largest need of any reader or writer
+    so far (it only grows, so concurrent readers never shrink each other's
+    cache, whatever order they close in), and never more than GDAL's own cap
+    before the first call. An explicit ``GDAL_CACHEMAX`` in the environment is
+    the user's choice and is left alone.
     """
     if "GDAL_CACHEMAX" in os.environ:
         return None
     wanted = 2 * max(rows, 512) * width * bands * itemsize
     wanted = min(max(wanted, 64 * 2**20), 2**30)
-    before = int(rasterio.env.get_gdal_config("GDAL_CACHEMAX") or 0)
-    if not before or before <= wanted:
-        return None
-    rasterio.env.set_gdal_config("GDAL_CACHEMAX", wanted)
-    return before
-
-
-def restore_block_cache(before: int | None) -> None:
-    """Undo :func:`bound_block_cache` (``before`` is what it returned)."""
-    if before is not None:
-        rasterio.env.set_gdal_config("GDAL_CACHEMAX", before)
-
-
-@contextmanager
-def block_cache_bounded(width: int, bands: int, itemsize: int, rows: int) -> Iterator[None]:
-    """:func:`bound_block_cache` for the duration of a ``with`` block."""
-    before = bound_block_cache(width, bands, itemsize, rows)
-    try:
-        yield
-    finally:
-        restore_block_cache(before)
+    state = _CACHE_CAP
+    with state.lock:
+        current = int(rasterio.env.get_gdal_config("GDAL_CACHEMAX") or 0)
+        if state.default is None:
+            state.default = current
+        state.needed = max(state.needed, wanted)
+        cap = min(state.needed, state.default) if state.default else state.needed
+        if cap != current:
+            rasterio.env.set_gdal_config("GDAL_CACHEMAX", cap)
+        return cap
 
 
 class TileReader:
@@ -343,9 +349,8 @@ class TileReader:
         self._handles: list[rasterio.DatasetReader] = []
         self._lock = threading.Lock()
         itemsize = np.dtype(info.dtype).itemsize if info.dtype != "mixed" else 8
-        self._cache_before = bound_block_cache(
-            info.width, len(info.band_indexes), itemsize, max(tile_size, self.tile_size)
-        )
+        rows = max(tile_size, self.tile_size)
+        cap_block_cache(info.width, len(info.band_indexes), itemsize, rows)
 
     @property
     def block_shape(self) -> tuple[int, int]:
@@ -425,8 +430,6 @@ class TileReader:
             for ds in self._handles:
                 ds.close()
             self._handles.clear()
-            restore_block_cache(self._cache_before)
-            self._cache_before = None
 
     def __enter__(self) -> TileReader:
         return self

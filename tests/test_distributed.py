@@ -19,6 +19,7 @@ from mscn_geo.classify import classify_scene
 from mscn_geo.errors import InputError, OptionError, OutputError
 from mscn_geo.options import ClassifyOptions
 from mscn_geo.plan import plan_scene
+from mscn_geo.tiling import TileGrid
 
 distributed = pytest.importorskip("distributed")
 
@@ -167,13 +168,30 @@ def test_killed_worker_tasks_rerun_elsewhere(client, make_scene, tiny_checkpoint
     pids_before = client.run(os.getpid)
     result: dict[str, object] = {}
 
+    def slow_tasks(seconds: float) -> None:
+        # Runs in each worker: its blocks take ``seconds`` longer (so one can be
+        # killed mid-task); 0 puts the real function back.
+        import time
+
+        import mscn_geo.distributed as d
+
+        real = d.__dict__.setdefault("_real_predict_tiles", d.predict_tiles)
+
+        def slow(*args, **kwargs):
+            time.sleep(seconds)
+            return real(*args, **kwargs)
+
+        d.predict_tiles = slow if seconds else real
+
     def run() -> None:
         try:
             result["outcomes"] = _cluster(
-                [scene], model, tmp_path / "dask", client, tiles_per_task=6, task_delay_s=0.25
+                [scene], model, tmp_path / "dask", client, tiles_per_task=6
             )
         except BaseException as exc:  # re-raised in the test thread
             result["error"] = exc
+
+    client.run(slow_tasks, 0.25)
 
     thread = threading.Thread(target=run)
     thread.start()
@@ -189,6 +207,7 @@ def test_killed_worker_tasks_rerun_elsewhere(client, make_scene, tiny_checkpoint
                 break
         time.sleep(0.02)
     thread.join(60)
+    client.run(slow_tasks, 0.0)
     assert killed is not None, "no task seen running"
     assert not thread.is_alive()
     if "error" in result:
@@ -245,6 +264,23 @@ def test_options_and_cluster_specs(tiny_model, tmp_path) -> None:
                 [tmp_path / "a.tif"], tiny_model, _options(tmp_path, resume=True)
             )
         )
+
+
+def test_a_100000_px_scene_is_planned_by_arithmetic() -> None:
+    # 391 x 391 = 152,881 tiles; planning lays out no tile, a task only its own.
+    grid = TileGrid(100_000, 100_000, 256, 256)
+    per_task = dist.tiles_per_task(len(grid), 8)
+    assert per_task == dist.MAX_TILES_PER_TASK
+    blocks = dist.block_rows(grid, per_task)
+    assert len(blocks) == 391 and blocks[0] == (0, 1) and blocks[-1] == (390, 391)
+    assert sum(dist.block_tiles(grid, b) for b in blocks) == len(grid) == 391 * 391
+    last = list(grid.row_tiles(390, 391))
+    assert len(last) == 391 and (last[0].row, last[0].col) == (390, 0)
+    # The last row and column are shifted inward to end on the scene edge.
+    w = last[-1].window
+    assert (w.col_off, w.row_off, w.width, w.height) == (99_744, 99_744, 256, 256)
+    w = last[-2].window
+    assert (w.col_off, w.row_off) == (389 * 256, 99_744)
 
 
 def test_block_sizes(make_scene, tiny_model) -> None:

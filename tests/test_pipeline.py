@@ -16,7 +16,7 @@ from mscn_geo.options import ClassifyOptions
 from mscn_geo.pipeline import Normaliser, classify_stream, prepare_model, read_ahead
 from mscn_geo.plan import plan_scene
 from mscn_geo.predict import predict_tiles
-from mscn_geo.reader import TilePixels, TileReader, block_cache_bounded
+from mscn_geo.reader import TilePixels, TileReader
 from mscn_geo.tiling import Tile
 
 
@@ -149,8 +149,6 @@ def test_classify_stream_batches_readable_tiles_only(tiny_model) -> None:
     runner = prepare_model(tiny_model.model, device, None)
     sizes: list[int] = []
     real = runner.net
-    runner_calls = prepare_model(tiny_model.model, device, None)
-    assert runner_calls is runner  # prepared once per model and settings
 
     def counting(x: torch.Tensor) -> torch.Tensor:
         sizes.append(x.shape[0])
@@ -183,19 +181,51 @@ def test_classify_stream_batches_readable_tiles_only(tiny_model) -> None:
     np.testing.assert_allclose(probs.sum(axis=1), 1, atol=1e-5)
 
 
-def test_reader_bounds_gdal_block_cache_and_restores_it(make_scene, tiny_model, monkeypatch):
+def test_block_cache_cap_only_grows_so_concurrent_readers_keep_theirs(
+    make_scene, tiny_model, monkeypatch
+) -> None:
+    from mscn_geo import reader
+
     monkeypatch.delenv("GDAL_CACHEMAX", raising=False)
-    scene = make_scene(200, 130)
-    options = ClassifyOptions(device="cpu")
-    plan = plan_scene(scene, tiny_model.meta, options)
-    before = rasterio.env.get_gdal_config("GDAL_CACHEMAX")
-    with TileReader(plan.info, plan.grid.tile):
-        during = rasterio.env.get_gdal_config("GDAL_CACHEMAX")
-        assert during == min(before, 64 * 2**20)  # small scene: the 64 MiB floor
-    assert rasterio.env.get_gdal_config("GDAL_CACHEMAX") == before
-    with block_cache_bounded(30_000, 3, 1, 256):  # two 512-row strips of a 30k scene
-        assert rasterio.env.get_gdal_config("GDAL_CACHEMAX") == min(before, 2 * 512 * 30_000 * 3)
-    assert rasterio.env.get_gdal_config("GDAL_CACHEMAX") == before
-    monkeypatch.setenv("GDAL_CACHEMAX", "512")  # the user's choice wins
-    with block_cache_bounded(30_000, 3, 1, 256):
-        assert rasterio.env.get_gdal_config("GDAL_CACHEMAX") == before
+    saved = rasterio.env.get_gdal_config("GDAL_CACHEMAX")
+    monkeypatch.setattr(reader, "_CACHE_CAP", reader._BlockCacheCap())  # a fresh process
+    gdal_default = 1_200 * 2**20  # GDAL's 5% of 24 GB
+    rasterio.env.set_gdal_config("GDAL_CACHEMAX", gdal_default)
+    try:
+        plan = plan_scene(make_scene(200, 130), tiny_model.meta, ClassifyOptions(device="cpu"))
+        small = TileReader(plan.info, plan.grid.tile)  # small scene: the 64 MiB floor
+        assert rasterio.env.get_gdal_config("GDAL_CACHEMAX") == 64 * 2**20
+        wide = reader.cap_block_cache(30_000, 3, 1, 256)  # a 30k px scene opened meanwhile
+        assert wide == rasterio.env.get_gdal_config("GDAL_CACHEMAX") == 2 * 512 * 30_000 * 3
+        small.close()  # closing the first reader does not shrink the second's cache
+        assert rasterio.env.get_gdal_config("GDAL_CACHEMAX") == wide
+        assert reader.cap_block_cache(200, 3, 1, 256) == wide
+        assert reader.cap_block_cache(10**6, 3, 1, 256) == 2**30  # the 1 GiB ceiling
+        monkeypatch.setenv("GDAL_CACHEMAX", "512")  # the user's choice wins
+        rasterio.env.set_gdal_config("GDAL_CACHEMAX", 512 * 2**20)
+        assert reader.cap_block_cache(200, 3, 1, 256) is None
+        assert rasterio.env.get_gdal_config("GDAL_CACHEMAX") == 512 * 2**20
+    finally:
+        rasterio.env.set_gdal_config("GDAL_CACHEMAX", saved)
+
+
+def test_prepare_model_leaves_the_callers_model_untouched(tiny_model) -> None:
+    model = tiny_model.model.train()
+    state = {k: (v.clone(), v.stride(), v.device) for k, v in model.state_dict().items()}
+    attributes = dict(model.__dict__)
+    runner = prepare_model(model, torch.device("cpu"), None, channels_last=True)
+    x = torch.rand(2, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        probs = runner(x)
+    assert model.training and all(m.training for m in model.modules())
+    assert dict(model.__dict__).keys() == attributes.keys()
+    assert all(model.__dict__[k] is v for k, v in attributes.items())
+    for name, value in model.state_dict().items():
+        before, stride, device = state[name]
+        assert value.stride() == stride and value.device == device
+        assert torch.equal(value, before)
+    assert all(p.requires_grad for p in model.parameters())
+    # The runner evaluates the same weights, in eval mode.
+    with torch.inference_mode():
+        expected = torch.softmax(model.eval()(x.contiguous()), dim=1)
+    torch.testing.assert_close(probs, expected, atol=1e-5, rtol=1e-4)
