@@ -29,6 +29,8 @@ import hashlib
 import json
 import os
 import tempfile
+import threading
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -39,6 +41,10 @@ import torch
 from mscn_geo.errors import OptionError
 from mscn_geo.models.checkpoint import LoadedModel
 from mscn_geo.pipeline import ModelRunner, prepare_model
+
+# ONNX Runtime sessions by model module, dropped with the module.
+_SESSIONS: weakref.WeakKeyDictionary[torch.nn.Module, tuple[Any, Any]] = weakref.WeakKeyDictionary()
+_SESSIONS_LOCK = threading.Lock()
 
 __all__ = [
     "BACKENDS",
@@ -206,9 +212,8 @@ def prepare_runner(
 ) -> Runner:
     """The runner of ``backend`` for ``model`` (prepared once per model and settings).
 
-    The ONNX Runtime session is kept on the model like
-    :func:`~mscn_geo.pipeline.prepare_model` keeps its runner, so a batch of
-    scenes builds it once.
+    The ONNX Runtime session is kept while the model lives (a weak-keyed table:
+    nothing is stored on the caller's module), so a batch of scenes builds it once.
 
     Args:
         backend: one of :data:`BACKENDS`.
@@ -221,9 +226,11 @@ def prepare_runner(
         runner: ModelRunner = prepare_model(model.model, device, amp, channels_last, compile)
         return runner
     key = (tile_size or model.meta.tile_size, threads or torch.get_num_threads())
-    cached = model.model.__dict__.get("_mscn_geo_ort")
+    with _SESSIONS_LOCK:
+        cached = _SESSIONS.get(model.model)
     if cached is not None and cached[0] == key:
         return cached[1]
     ort_runner = _onnxruntime_runner(model, *key)
-    model.model.__dict__["_mscn_geo_ort"] = (key, ort_runner)
+    with _SESSIONS_LOCK:
+        _SESSIONS[model.model] = (key, ort_runner)
     return ort_runner

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from mscn_geo import backends
 from mscn_geo.backends import prepare_runner, resolve_backend
 from mscn_geo.errors import OptionError
 from mscn_geo.models import load_checkpoint
@@ -72,7 +73,7 @@ def test_graph_is_exported_once_then_loaded_from_the_cache(tiny_checkpoint, monk
     assert runner(torch.zeros(1, 3, 64, 64)).shape == (1, 3)
     with torch.no_grad():  # other weights: another graph
         fresh.model.head.bias.add_(1.0)
-    fresh.model.__dict__.pop("_mscn_geo_ort")
+    backends._SESSIONS.pop(fresh.model)  # forget the session kept for this module
     with pytest.raises(AssertionError, match="exported again"):
         prepare_runner(fresh, CPU, None, backend="onnxruntime")
 
