@@ -24,7 +24,7 @@ def eval_transform(mean: list[float], std: list[float]):
     return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
 
 
-def _dihedral(x: Tensor) -> list[Tensor]:
+def dihedral(x: Tensor) -> list[Tensor]:
     """The 8 flips/rotations of a batch (aerial scenes have no 'up')."""
     rots = [torch.rot90(x, k, dims=(-2, -1)) for k in range(4)]
     return rots + [r.flip(-1) for r in rots]
@@ -47,7 +47,7 @@ def predict_dataset(
         x = x.to(device)
         if device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
-        views = _dihedral(x) if tta else [x]
+        views = dihedral(x) if tta else [x]
         with torch.autocast(
             device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
         ):

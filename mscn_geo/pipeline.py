@@ -137,9 +137,22 @@ class ModelRunner:
     device: torch.device
     amp: torch.dtype | None
     channels_last: bool
+    #: Test-time augmentation: average the probabilities of the 8 flips/rotations.
+    tta: bool = False
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Logits -> softmax probabilities, float32, still on the device."""
+        if not self.tta:
+            return self._probs(x)
+        from mscn_geo.evaluate import dihedral
+
+        views = dihedral(x)
+        if self.channels_last:
+            views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+        # One view at a time: 8x the work, the memory of one batch.
+        return sum(self._probs(v) for v in views) / len(views)  # type: ignore[return-value]
+
+    def _probs(self, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(
             self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None
         ):

@@ -17,7 +17,7 @@ from .conftest import SHARED, TINY_CLASSES
 
 SCENES = SHARED / "data" / "scenes"
 COLUMNS = [
-    "class_id", "class_name", "confidence", *(f"p_{n}" for n in TINY_CLASSES),
+    "class_id", "class_name", "confidence", "margin", "entropy", *(f"p_{n}" for n in TINY_CLASSES),
     "row", "col", "nodata_fraction", "padded", "geometry",
 ]  # fmt: skip
 

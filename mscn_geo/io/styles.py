@@ -241,9 +241,20 @@ def polygon_style_qml(
     return _document(root)
 
 
-def raster_style_qml(class_names: Sequence[str], colours: Sequence[Sequence[int]]) -> str:
-    """QGIS QML for the class raster: a ``paletted`` renderer, one labelled entry per class id."""
+def raster_style_qml(
+    class_names: Sequence[str],
+    colours: Sequence[Sequence[int]],
+    values: Sequence[int] | None = None,
+) -> str:
+    """QGIS QML for the class raster: a ``paletted`` renderer, one labelled entry per class.
+
+    ``values``: the raster value of each class (default: its position), e.g. to
+    add the ``uncertain`` class at 254.
+    """
     _check(class_names, colours)
+    values = list(range(len(class_names))) if values is None else [int(v) for v in values]
+    if len(values) != len(class_names):
+        raise ValueError(f"{len(class_names)} class names but {len(values)} values")
     root = ET.Element(
         "qgis",
         {
@@ -260,11 +271,11 @@ def raster_style_qml(class_names: Sequence[str], colours: Sequence[Sequence[int]
     )
     ET.SubElement(renderer, "rasterTransparency")
     palette = ET.SubElement(renderer, "colorPalette")
-    for index, (name, colour) in enumerate(zip(class_names, colours, strict=True)):
+    for value, name, colour in zip(values, class_names, colours, strict=True):
         ET.SubElement(
             palette,
             "paletteEntry",
-            {"value": str(index), "color": _hex(colour), "alpha": "255", "label": str(name)},
+            {"value": str(value), "color": _hex(colour), "alpha": "255", "label": str(name)},
         )
     ET.SubElement(root, "blendMode").text = "0"
     return _document(root)

@@ -53,10 +53,13 @@ _STYLE_NAME = "mscn-geo classes"
 def tile_columns(class_names: Sequence[str]) -> dict[str, str]:
     """Attribute columns of the tiles layer, in order, with their numpy dtypes.
 
-    ``class_id``, ``class_name``, ``confidence``, one ``p_<class>`` per class,
-    ``row``, ``col``, ``nodata_fraction``, ``padded``.
+    ``class_id``, ``class_name``, ``confidence``, ``margin``, ``entropy``, one
+    ``p_<class>`` per class, ``row``, ``col``, ``nodata_fraction``, ``padded``.
+    ``margin`` and ``entropy`` (:mod:`mscn_geo.uncertainty`) are computed from the
+    ``p_<class>`` columns when the frame lacks them.
     """
     columns = {"class_id": "int32", "class_name": "str", "confidence": "float64"}
+    columns |= {"margin": "float64", "entropy": "float64"}
     columns |= {f"p_{name}": "float64" for name in class_names}
     columns |= {"row": "int32", "col": "int32", "nodata_fraction": "float64", "padded": "bool"}
     return columns
@@ -89,6 +92,7 @@ def write_tiles_gpkg(
     class_names: Sequence[str],
     colours: Sequence[tuple[int, int, int]],
     layer: str = "tiles",
+    extra_classes: Sequence[tuple[str, tuple[int, int, int]]] = (),
 ) -> None:
     """Write the tiles layer and its default QGIS style to the GeoPackage ``path``.
 
@@ -98,10 +102,22 @@ def write_tiles_gpkg(
     layer with the full schema. The style (categorised by ``class_name``, one
     colour per class) goes in the ``layer_styles`` table with the schema QGIS uses,
     registered in ``gpkg_contents`` as an attributes table, marked
-    ``useAsDefault`` so QGIS applies it when the layer is opened.
+    ``useAsDefault`` so QGIS applies it when the layer is opened. ``extra_classes``:
+    (name, colour) of values beyond the model's classes that ``class_name`` may
+    hold (``uncertain``); they get a category in the style.
     """
+    probs = [f"p_{name}" for name in class_names]
+    if all(p in tiles.columns for p in probs) and not {"margin", "entropy"} <= set(tiles.columns):
+        from mscn_geo.uncertainty import entropy, margin
+
+        p = tiles[probs].to_numpy(dtype=np.float64).reshape(len(tiles), len(probs))
+        tiles = tiles.assign(margin=margin(p), entropy=entropy(p))
     write_polygon_layer(
-        path, _conform(tiles, tile_columns(class_names)), layer, class_names, colours
+        path,
+        _conform(tiles, tile_columns(class_names)),
+        layer,
+        [*class_names, *(name for name, _ in extra_classes)],
+        [*colours, *(colour for _, colour in extra_classes)],
     )
 
 
@@ -149,7 +165,9 @@ def write_polygon_layer(
             promote_to_multi=False,
             dataset_options={"VERSION": GPKG_VERSION},
         )
-    add_layer_style(path, layer, polygon_style_qml(class_names, colours))
+    names = [*class_names, *(name for name, _ in extra_classes)]
+    all_colours = [*colours, *(colour for _, colour in extra_classes)]
+    add_layer_style(path, layer, polygon_style_qml(names, all_colours))
 
 
 def _gpkg_timestamp() -> datetime:

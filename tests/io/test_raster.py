@@ -282,7 +282,7 @@ def test_failure_inside_block_finishes_nothing(tmp_path: Path) -> None:
         writer.write(Window(0, 0, 10, 10), np.zeros((10, 10), np.uint8))
         raise RuntimeError("model failed")
     assert writer.closed
-    assert sorted(os.listdir(tmp_path)) == ["x.tif"]  # no sidecars: atomic_outputs removes it
+    assert os.listdir(tmp_path) == []  # neither the output nor its intermediate
 
 
 def test_with_atomic_outputs(scene: Path, tmp_path: Path) -> None:

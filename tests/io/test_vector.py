@@ -69,6 +69,8 @@ def test_columns_types_and_values_round_trip(tmp_path: Path, tiles: geopandas.Ge
         "class_id",
         "class_name",
         "confidence",
+        "margin",
+        "entropy",
         "p_forest",
         "p_river",
         "p_denseresidential",
@@ -82,6 +84,8 @@ def test_columns_types_and_values_round_trip(tmp_path: Path, tiles: geopandas.Ge
         "class_id": "OFTInteger",
         "class_name": "OFTString",
         "confidence": "OFTReal",
+        "margin": "OFTReal",
+        "entropy": "OFTReal",
         "p_forest": "OFTReal",
         "p_river": "OFTReal",
         "p_denseresidential": "OFTReal",
@@ -114,6 +118,10 @@ def test_columns_types_and_values_round_trip(tmp_path: Path, tiles: geopandas.Ge
     assert back["col"].tolist() == tiles["col"].tolist()
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-6)
     np.testing.assert_allclose(back["confidence"], probabilities.max(axis=1))
+    top2 = np.sort(probabilities, axis=1)[:, -2:]
+    np.testing.assert_allclose(back["margin"], top2[:, 1] - top2[:, 0], atol=1e-6)
+    by_hand = -(probabilities * np.log(probabilities)).sum(axis=1) / np.log(len(NAMES))
+    np.testing.assert_allclose(back["entropy"], by_hand, atol=1e-6)
     assert [NAMES[i] for i in probabilities.argmax(axis=1)] == back["class_name"].tolist()
     assert back.geometry.geom_equals_exact(tiles.geometry, tolerance=0).all()
 
