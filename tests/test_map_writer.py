@@ -11,7 +11,9 @@ import rasterio
 from rio_cogeo.cogeo import cog_validate
 
 from mscn_geo.map_writer import MapWriter
-from mscn_geo.predict import ClassifyOptions, plan_scene, predict_tiles
+from mscn_geo.options import ClassifyOptions
+from mscn_geo.plan import plan_scene
+from mscn_geo.predict import predict_tiles
 from mscn_geo.tiling import TileGrid
 
 from .conftest import TINY_CLASSES

@@ -165,9 +165,7 @@ def write_polygon_layer(
             promote_to_multi=False,
             dataset_options={"VERSION": GPKG_VERSION},
         )
-    names = [*class_names, *(name for name, _ in extra_classes)]
-    all_colours = [*colours, *(colour for _, colour in extra_classes)]
-    add_layer_style(path, layer, polygon_style_qml(names, all_colours))
+    add_layer_style(path, layer, polygon_style_qml(class_names, colours))
 
 
 def _gpkg_timestamp() -> datetime:
