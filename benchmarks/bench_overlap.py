@@ -40,7 +40,7 @@ from _common import ROOT, finish, machine
 UCMERCED = ROOT.parent / "shared" / "data" / "ucmerced"
 IMAGE = 256  # UC Merced images (a few are a pixel or two smaller: resized)
 REGION = 2 * IMAGE
-DEFAULT_CONFIGS = "T:hann,T/2:hann,T/4:uniform,T/4:hann,T:hann:tta,T/2:hann:tta"
+DEFAULT_CONFIGS = "T:hann,T/4:hann,T/4:uniform,T/2:hann,T:hann:tta,T/4:gaussian,T/2:hann:tta"
 
 
 def validation_images(root: Path) -> tuple[list[str], dict[int, list[Path]]]:
@@ -65,12 +65,14 @@ def _image(path: Path) -> np.ndarray:
         return np.asarray(rgb).transpose(2, 0, 1)
 
 
-def build_scene(path: Path, regions: int, seed: int = 0) -> tuple[np.ndarray, list[str]]:
+def build_scene(
+    path: Path, regions: int, ucmerced: Path = UCMERCED, seed: int = 0
+) -> tuple[np.ndarray, list[str]]:
     """Write the mosaic GeoTIFF at ``path``; returns (labels (H, W) uint8, class names)."""
     import rasterio
     from rasterio.transform import from_origin
 
-    classes, by_class = validation_images(UCMERCED)
+    classes, by_class = validation_images(ucmerced)
     size = regions * REGION
     slots = regions + 1
     rng = random.Random(seed)
@@ -150,7 +152,7 @@ def run_classify(scene: Path, out: Path, config: dict[str, Any], args: argparse.
     if config["tta"]:
         cmd.append("--tta")
     start = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     wall = time.perf_counter() - start
     if done.returncode != 0:
         raise RuntimeError(f"classify failed ({done.returncode}): {done.stderr.strip()}")
@@ -166,9 +168,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--ucmerced", type=Path, default=UCMERCED)
     args = parser.parse_args(argv)
-    if not UCMERCED.is_dir():
-        raise SystemExit(f"bench_overlap: needs UC Merced at {UCMERCED}")
+    if not args.ucmerced.is_dir():
+        raise SystemExit(f"bench_overlap: needs UC Merced at {args.ucmerced}")
     import rasterio
 
     from mscn_geo.models import load_checkpoint
@@ -182,7 +185,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     with tempfile.TemporaryDirectory(prefix="bench_overlap_") as tmp:
         scene = Path(tmp) / "mosaic.tif"
-        labels, classes = build_scene(scene, args.regions)
+        labels, classes = build_scene(scene, args.regions, args.ucmerced)
         present = sorted({classes[i] for i in np.unique(labels)})
         result["scene"] = {
             "size_px": labels.shape[1],
@@ -208,6 +211,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             }
             result["runs"].append(row)
             print(json.dumps(row), flush=True)
+            if args.out is not None:  # partial results survive an interrupted run
+                finish(result, args.out)
     return finish(result, args.out)
 
 

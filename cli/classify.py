@@ -32,6 +32,10 @@ def classify(
     out_dir: Path = opt.OUT_DIR,
     tile_size: int | None = opt.TILE_SIZE,
     stride: int | None = opt.STRIDE,
+    overlap_weight: str = opt.OVERLAP_WEIGHT,
+    tta: bool = opt.TTA,
+    min_confidence: float | None = opt.MIN_CONFIDENCE,
+    probabilities: bool = opt.PROBABILITIES,
     bands: str | None = opt.BANDS,
     scale: str | None = opt.SCALE,
     resample: bool = opt.RESAMPLE,
@@ -190,6 +194,8 @@ def _print_summary(summary: dict) -> None:
         f"  raster:  {summary['outputs']['raster']}",
         f"  table:   {summary['outputs']['areas']}",
     ]
+    if "probs" in summary["outputs"]:
+        lines.append(f"  probs:   {summary['outputs']['probs']}")
     if "quicklook" in summary["outputs"]:
         lines.append(f"  picture: {summary['outputs']['quicklook']}")
     lines += [

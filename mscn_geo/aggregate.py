@@ -60,8 +60,9 @@ def check_stride(tile: int, stride: int) -> None:
     """Raise :class:`OptionError` unless ``stride`` divides ``tile`` (cells must tile tiles)."""
     if stride >= 1 and tile % stride:
         raise OptionError(
-            f"stride must divide the tile size: --stride {stride} does not divide "
-            f"{tile} px tiles (try {_divisors_hint(tile, stride)})"
+            f"stride must divide the tile size: stride {stride} does not divide "
+            f"{tile} px tiles (try {_divisors_hint(tile, stride)})",
+            field="stride",
         )
 
 
@@ -87,7 +88,10 @@ def window_weight(offset: np.ndarray, tile: int, weighting: str) -> np.ndarray:
         return np.sin(np.pi * u) ** 2
     if weighting == "gaussian":
         return np.exp(-0.5 * ((u - 0.5) / 0.25) ** 2)
-    raise OptionError(f"--overlap-weight must be one of {', '.join(WEIGHTINGS)}, got {weighting!r}")
+    raise OptionError(
+        f"overlap_weight must be one of {', '.join(WEIGHTINGS)}, got {weighting!r}",
+        field="overlap_weight",
+    )
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,13 @@ from pathlib import Path
 from mscn_geo.device import amp_name
 from mscn_geo.errors import OptionError, OutputError
 from mscn_geo.io.atomic import claim_outputs, remove_stale_temporaries
+from mscn_geo.map_writer import MapWriter, map_legend
 from mscn_geo.models.checkpoint import LoadedModel
 from mscn_geo.options import ClassifyOptions
-from mscn_geo.outputs import SceneResult, tiles_frame, write_class_raster
+from mscn_geo.outputs import SceneResult, tiles_frame
 from mscn_geo.plan import ScenePlan, crs_name, plan_scene
 from mscn_geo.predict import Predictor, ProgressCallback, predict_tiles
-from mscn_geo.products import CellMap, write_map_products
+from mscn_geo.products import write_map_products
 from mscn_geo.remote import as_scene, remote_access
 from mscn_geo.resume import predict_resumable, run_journal
 from mscn_geo.stac_in import stac_source
@@ -97,14 +98,16 @@ def _classify(
     predictor: Predictor | None,
     start: float,
 ) -> SceneResult:
-    from mscn_geo.io import atomic_outputs, class_colours, output_paths, write_tiles_gpkg
+    from mscn_geo.io import atomic_outputs, output_paths, write_tiles_gpkg
 
     if plan is None:
         plan = plan_scene(source, model.meta, options)
     info, grid = plan.info, plan.grid
     warnings = list(plan.warnings)
     out_dir = make_out_dir(options.out_dir)
-    paths = output_paths(scene, out_dir, quicklook=options.quicklook)
+    paths = output_paths(
+        scene, out_dir, quicklook=options.quicklook, probabilities=options.probabilities
+    )
     if options.stac:
         paths["stac"] = stac_item_path(scene, out_dir)
     names = list(paths)
@@ -119,19 +122,41 @@ def _classify(
         ) as temps,
     ):
         tmp = dict(zip(names, temps, strict=True))
-        if journal is None:
-            predict = predictor or predict_tiles
-            result, device, amp = predict(info, grid, model, options, progress)
-        else:
-            result, device, amp = predict_resumable(info, grid, model, options, progress, journal)
-        frame = tiles_frame(info, result, meta.class_names)
+        streamed = journal is None and predictor is None
+        legend = map_legend(meta.class_names, options.min_confidence)
+        with MapWriter(
+            info,
+            grid,
+            meta.class_names,
+            tmp["raster"],
+            probabilities=tmp.get("probs"),
+            weighting=options.overlap_weight,
+            min_confidence=options.min_confidence,
+            # The loop's masks are the scene's pixels unless tiles were resampled.
+            tile_masks=streamed and info.read_tile is None,
+            aoi=info.aoi,
+        ) as maps:
+            if streamed:
+                # The rasters are written strip by strip while the model runs.
+                result, device, amp = predict_tiles(
+                    info, grid, model, options, progress, on_batch=maps.add_record
+                )
+            else:
+                if journal is None:
+                    result, device, amp = predictor(info, grid, model, options, progress)
+                else:
+                    result, device, amp = predict_resumable(
+                        info, grid, model, options, progress, journal
+                    )
+                maps.add_result(result)
+        frame = tiles_frame(info, result, meta.class_names, options.min_confidence)
         if frame.empty:
             warnings.append("scene is entirely nodata: no tile was classified")
-        colours = class_colours(meta.class_names)
-        write_tiles_gpkg(tmp["gpkg"], frame, meta.class_names, colours)
-        write_class_raster(tmp["raster"], info, grid, result, meta)
-        cells = CellMap.from_tiles(grid, result)
-        products = write_map_products(tmp, info, cells, meta.class_names, colours)
+        values, names, colours = (list(column) for column in zip(*legend, strict=True))
+        k = meta.num_classes
+        extra = list(zip(names[k:], colours[k:], strict=True))  # uncertain
+        write_tiles_gpkg(tmp["gpkg"], frame, meta.class_names, colours[:k], extra_classes=extra)
+        products = write_map_products(tmp, info, maps.cell_map(), names, colours, values)
         warnings.extend(products.warnings)
         if options.stac:  # last: it lists the outputs written
             written = {k: paths[k] for k in names if k != "stac" and tmp[k].exists()}
@@ -142,7 +167,7 @@ def _classify(
         if journal is not None:
             journal.mark_complete()
     classified = len(frame)
-    counts = {name: 0 for name in meta.class_names}
+    counts = {name: 0 for _, name, _ in legend}
     for name in frame["class_name"]:
         counts[name] += 1
     from_journal = journal.taken if journal is not None else 0

@@ -11,8 +11,11 @@ them (grid order, batch by batch), aggregates them into S x S cells
   the class raster,
 * with ``probabilities``, writes the cells' probabilities (nodata where no
   pixel of the cell is valid) to ``<scene>_probs.tif``,
-* counts pixels per raster value (areas) and hands the strip to the listeners
-  (land-use polygons, quicklook).
+* counts pixels per raster value and keeps the cells' classes and
+  confidences (for the land-use layer, :mod:`mscn_geo.products`).
+
+With an area of interest, pixels outside it are nodata too (cells: those it
+does not touch).
 
 Pixel validity comes from the tiles' validity masks as the loop reads them
 (no second read of the scene) or, where those are not available (results from a
@@ -22,18 +25,19 @@ per strip, and only when the scene has nodata at all.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import rasterio
+from affine import Affine
 from rasterio.enums import MaskFlags
 from rasterio.windows import Window
 
 from mscn_geo.aggregate import DEFAULT_WEIGHTING, CellGrid, OverlapAggregator
-from mscn_geo.reader import SceneInfo, block_cache_bounded, validity
+from mscn_geo.reader import SceneInfo, cap_block_cache, validity
 from mscn_geo.tiling import Tile, TileGrid
 from mscn_geo.uncertainty import (
     NODATA_CLASS,
@@ -44,7 +48,7 @@ from mscn_geo.uncertainty import (
     label,
 )
 
-__all__ = ["MapStrip", "MapWriter", "SceneValidity", "TileValidity", "map_legend"]
+__all__ = ["MapWriter", "SceneValidity", "TileValidity", "map_legend"]
 
 
 def map_legend(
@@ -62,31 +66,6 @@ def map_legend(
     if min_confidence is not None:
         entries.append((UNCERTAIN_CLASS, UNCERTAIN_NAME, UNCERTAIN_COLOUR))
     return entries
-
-
-@dataclass
-class MapStrip:
-    """One finished strip of the map, as the listeners get it.
-
-    Attributes:
-        cell_row0: first cell row; the cells are S x S scene pixels (``cells.size``).
-        labels: (rows, cols) uint8 cell values (classes, 254 uncertain, 255 nodata:
-            no valid pixel in the cell or no classified tile over it).
-        probs: (rows, cols, classes) float32 cell probabilities, NaN where nodata.
-        confidence: (rows, cols) float32 top-1 probability, NaN where nodata.
-        pixel_row0: first scene pixel row of ``pixels``.
-        pixels: (h, width) uint8 class raster rows as written (pixel nodata applied).
-    """
-
-    cell_row0: int
-    labels: np.ndarray
-    probs: np.ndarray
-    confidence: np.ndarray
-    pixel_row0: int
-    pixels: np.ndarray
-
-
-StripListener = Callable[[MapStrip], None]
 
 
 class SceneValidity:
@@ -173,7 +152,7 @@ class MapWriter:
         min_confidence: cells below it become ``uncertain`` (254); ``None``: off.
         tile_masks: pixel validity from the masks given to :meth:`add` (else read
             from the scene per strip).
-        listeners: called with every finished :class:`MapStrip`, in order.
+        aoi: an :class:`~mscn_geo.aoi.Aoi`: pixels outside it are nodata.
 
     Use as a context manager; :meth:`add` per batch, in grid order. On a clean
     exit every tile must have been added; ``pixel_counts`` then holds the
@@ -188,12 +167,16 @@ class MapWriter:
     weighting: str = DEFAULT_WEIGHTING
     min_confidence: float | None = None
     tile_masks: bool = False
-    listeners: list[StripListener] = field(default_factory=list)
+    aoi: Any = None
     pixel_counts: np.ndarray = field(default_factory=lambda: np.zeros(256, np.int64))
 
     def __post_init__(self) -> None:
         self.aggregator = OverlapAggregator(self.grid, len(self.class_names), self.weighting)
         self.cells: CellGrid = self.aggregator.cells
+        # The cell grid's classes and confidences (a byte and a float per cell) for
+        # the land-use layer: small whatever the scene size.
+        self._cell_labels: list[np.ndarray] = []
+        self._cell_confidence: list[np.ndarray] = []
         self._validity: SceneValidity | TileValidity = (
             TileValidity(self.info.width) if self.tile_masks else SceneValidity(self.info)
         )
@@ -206,8 +189,7 @@ class MapWriter:
         legend = map_legend(self.class_names, self.min_confidence)
         k = len(self.class_names)
         # GDAL would otherwise keep dirty blocks up to 5% of RAM (the whole raster).
-        self._cache = block_cache_bounded(info.width, 1, 1, 2 * self.grid.tile)
-        self._cache.__enter__()
+        cap_block_cache(info.width, 1, 1, 2 * self.grid.tile)
         self._class_writer = ClassRasterWriter(
             self.raster,
             width=info.width,
@@ -251,6 +233,20 @@ class MapWriter:
         """Record a tile skipped as all-nodata."""
         self.add([tile], None, [None])
 
+    def add_record(self, record: Any) -> None:
+        """Record one :class:`~mscn_geo.predict.BatchRecord` (the loop's ``on_batch``)."""
+        skipped = [next(self.grid.iter_tiles(int(i), int(i) + 1)) for i in record.skipped]
+        tiles = [*record.tiles, *skipped]
+        probs = np.full((len(tiles), len(self.class_names)), np.nan, np.float32)
+        probs[: len(record.tiles)] = record.probs
+        self.add(tiles, probs, [*record.valid, *([None] * len(skipped))])
+
+    def add_result(self, result: Any) -> None:
+        """Record a whole :class:`~mscn_geo.predict.TileResult` (resumed or merged runs)."""
+        cols = self.grid.shape[1]
+        for lo in range(0, len(result.tiles), cols):  # one tile row at a time
+            self.add(result.tiles[lo : lo + cols], result.probs[lo : lo + cols])
+
     def flush(self) -> None:
         """Write every strip the tiles so far have finished."""
         for strip in self.aggregator.ready():
@@ -259,6 +255,11 @@ class MapWriter:
     def _write(self, row0: int, probs: np.ndarray) -> None:
         y0, y1 = self.cells.pixel_rows(row0, row0 + probs.shape[0])
         valid = self._validity.rows(y0, y1)
+        if self.aoi is not None:
+            inside = self.aoi.mask(
+                self.info.transform @ Affine.translation(0, y0), (y1 - y0, self.info.width)
+            )
+            valid = inside if valid is None else valid & inside
         if valid is not None:
             cell_valid = self.cells.any_per_cell(valid, row0)
             probs[~cell_valid] = np.nan
@@ -270,10 +271,8 @@ class MapWriter:
         self.pixel_counts += np.bincount(pixels.ravel(), minlength=256)
         if self._probs_writer is not None:
             self._probs_writer.write(Window(0, row0, probs.shape[1], probs.shape[0]), probs)
-        if self.listeners:
-            strip = MapStrip(row0, labels, probs, confidence(probs), y0, pixels)
-            for listener in self.listeners:
-                listener(strip)
+        self._cell_labels.append(labels)
+        self._cell_confidence.append(confidence(probs))
 
     def close(self) -> None:
         """Finish both rasters (every tile must have been added)."""
@@ -297,9 +296,6 @@ class MapWriter:
 
     def _release(self) -> None:
         self._validity.close()
-        if self._cache is not None:
-            self._cache.__exit__(None, None, None)
-            self._cache = None
 
     def __enter__(self) -> MapWriter:
         return self
@@ -309,6 +305,17 @@ class MapWriter:
             self.close()
         else:
             self.abort()
+
+    def cell_map(self) -> Any:
+        """The written map at cell resolution, a :class:`~mscn_geo.products.CellMap`
+        (raster values per cell: classes, 254 uncertain, 255 nodata)."""
+        from mscn_geo.products import CellMap
+
+        return CellMap(
+            np.concatenate(self._cell_labels).astype(np.uint8),
+            np.concatenate(self._cell_confidence).astype(np.float32),
+            self.cells.size,
+        )
 
     def counts_by_name(self) -> dict[str, int]:
         """Pixels per class name (``uncertain`` included when on), nodata excluded."""

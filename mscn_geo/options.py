@@ -22,8 +22,9 @@ class ClassifyOptions:
     tile_size: int | None = option(None, help="Tile edge in pixels (default: the model's).")
     stride: int | None = option(
         None,
-        help="Step between tiles in pixels, at most the tile size "
-        "(default: the tile size, no overlap).",
+        help="Step between tiles in pixels; must divide the tile size. Below it tiles "
+        "overlap and the map has stride x stride cells, each the mean of the tiles "
+        "covering it (default: the tile size, no overlap).",
     )
     bands: list[int] | str | None = option(
         None,
@@ -94,6 +95,26 @@ class ClassifyOptions:
         "areas count only inside it.",
     )
     quicklook: bool = option(True, help="Write <scene>_quicklook.png.")
+    overlap_weight: str = option(
+        "uniform",
+        help="How overlapping tiles (stride below the tile size) weigh a cell: uniform, "
+        "hann or gaussian, the tile's window at the cell's centre (uniform measured best).",
+    )
+    tta: bool = option(
+        False,
+        help="Test-time augmentation: average each tile's probabilities over its 8 "
+        "flips/rotations (8x the model's work).",
+    )
+    min_confidence: float | None = option(
+        None,
+        help="Cells whose top-class probability is below this (0..1) become 'uncertain' "
+        "(raster value 254), in every output and summary.",
+    )
+    probabilities: bool = option(
+        False,
+        help="Also write <scene>_probs.tif: one band per class (probability x 250) on the "
+        "cell grid.",
+    )
 
     def check(self) -> None:
         """Raise :class:`~mscn_geo.errors.OptionError` for a value no scene could use."""
@@ -115,3 +136,12 @@ class ClassifyOptions:
             )
         parse_scale(self.scale)
         parse_bands(self.bands)
+        from mscn_geo.aggregate import check_stride, window_weight
+        from mscn_geo.tiling import check_tiling
+        from mscn_geo.uncertainty import check_min_confidence
+
+        window_weight(0.5, 1, self.overlap_weight)  # a name it knows
+        check_min_confidence(self.min_confidence)
+        if self.tile_size is not None and self.stride is not None:
+            check_tiling(self.tile_size, self.stride)
+            check_stride(self.tile_size, self.stride)

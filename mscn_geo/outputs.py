@@ -1,5 +1,7 @@
-"""What a classified scene becomes: tile footprints, the tiles GeoDataFrame, the class
-raster (written in strips), and the run's summary (:class:`SceneResult`)."""
+"""What a classified scene becomes: tile footprints, the tiles GeoDataFrame and the
+run's summary (:class:`SceneResult`). The rasters are written while the model
+runs (:mod:`mscn_geo.map_writer`), the other map products after it
+(:mod:`mscn_geo.products`)."""
 
 from __future__ import annotations
 
@@ -8,17 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from affine import Affine
 
-from mscn_geo.models.checkpoint import ModelMeta
 from mscn_geo.predict import NODATA_CLASS, TileResult
-from mscn_geo.reader import SceneInfo, cap_block_cache
-from mscn_geo.tiling import Tile, TileGrid
+from mscn_geo.reader import SceneInfo
+from mscn_geo.tiling import Tile
+from mscn_geo.uncertainty import UNCERTAIN_CLASS, UNCERTAIN_NAME, label
 
-__all__ = ["STRIP_ROWS", "SceneResult", "footprints", "tiles_frame", "write_class_raster"]
-
-#: Class-raster rows written at a time (the writer's block height).
-STRIP_ROWS = 512
+__all__ = ["SceneResult", "footprints", "tiles_frame"]
 
 
 @dataclass
@@ -102,21 +100,29 @@ def footprints(info: SceneInfo, tiles: list[Tile]) -> list[Any]:
     return list(shapely.polygons(np.stack([xs, ys], axis=2)))
 
 
-def tiles_frame(info: SceneInfo, result: TileResult, class_names: list[str]) -> Any:
+def tiles_frame(
+    info: SceneInfo,
+    result: TileResult,
+    class_names: list[str],
+    min_confidence: float | None = None,
+) -> Any:
     """The classified tiles (skipped ones left out) as a GeoDataFrame in the scene CRS.
 
     Columns: ``class_id``, ``class_name``, ``confidence``, ``p_<class>`` per class,
-    ``row``, ``col``, ``nodata_fraction``, ``padded``, and the tile footprint.
+    ``row``, ``col``, ``nodata_fraction``, ``padded``, and the tile footprint
+    (``margin`` and ``entropy`` are added when written). Tiles below
+    ``min_confidence`` are ``uncertain`` (class id 254).
     """
     import geopandas as gpd
 
     keep = np.flatnonzero(result.class_ids != NODATA_CLASS)
     tiles = [result.tiles[i] for i in keep]
     probs = result.probs[keep]
-    ids = result.class_ids[keep].astype(np.int32)
+    ids = label(probs, min_confidence).astype(np.int32)
+    names = {**dict(enumerate(class_names)), UNCERTAIN_CLASS: UNCERTAIN_NAME}
     columns: dict[str, Any] = {
         "class_id": ids,
-        "class_name": [class_names[i] for i in ids],
+        "class_name": [names[i] for i in ids],
         "confidence": probs.max(axis=1) if len(keep) else np.zeros(0, np.float32),
     }
     for j, name in enumerate(class_names):
@@ -126,38 +132,3 @@ def tiles_frame(info: SceneInfo, result: TileResult, class_names: list[str]) -> 
     columns["nodata_fraction"] = result.nodata_fraction[keep]
     columns["padded"] = np.array([t.padded for t in tiles], dtype=bool)
     return gpd.GeoDataFrame(columns, geometry=footprints(info, tiles), crs=info.crs)
-
-
-def write_class_raster(
-    path: Path, info: SceneInfo, grid: TileGrid, result: TileResult, meta: ModelMeta
-) -> None:
-    """Write the class raster of every tile of ``grid`` to ``path``, :data:`STRIP_ROWS` at a time.
-
-    Each pixel gets the class of the tile that owns it (:meth:`TileGrid.paint`);
-    pixels whose centre is outside the area of interest (``info.aoi``) are nodata.
-    """
-    from rasterio.windows import Window
-
-    from mscn_geo.io import ClassRasterWriter, class_colours
-
-    rows, cols = grid.shape
-    classes = result.class_ids.reshape(rows, cols)
-    # GDAL would otherwise keep dirty blocks up to 5% of RAM (the whole raster).
-    cap_block_cache(info.width, 1, 1, STRIP_ROWS)
-    with ClassRasterWriter(
-        path,
-        width=info.width,
-        height=info.height,
-        crs=info.crs,
-        transform=info.transform,
-        class_names=meta.class_names,
-        colours=class_colours(meta.class_names),
-        nodata=NODATA_CLASS,
-    ) as writer:
-        for y0 in range(0, info.height, STRIP_ROWS):
-            y1 = min(y0 + STRIP_ROWS, info.height)
-            strip = grid.paint(classes, y0, y1)
-            if info.aoi is not None:
-                rows = info.transform @ Affine.translation(0, y0)
-                strip[~info.aoi.mask(rows, strip.shape)] = NODATA_CLASS
-            writer.write(Window(0, y0, info.width, y1 - y0), strip)

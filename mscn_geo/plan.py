@@ -14,11 +14,12 @@ from typing import Any
 
 import numpy as np
 
+from mscn_geo.aggregate import check_stride
 from mscn_geo.errors import InputError, OptionError, explain
 from mscn_geo.models.checkpoint import ModelMeta
 from mscn_geo.options import ClassifyOptions
 from mscn_geo.reader import SceneInfo, TileReader, open_scene, parse_bands
-from mscn_geo.tiling import MIN_TILE, TileGrid
+from mscn_geo.tiling import MIN_TILE, TileGrid, check_tiling
 
 __all__ = [
     "EXACT_COUNT_PIXELS",
@@ -99,6 +100,8 @@ def plan_scene(
     """
     tile = meta.tile_size if options.tile_size is None else options.tile_size
     stride = tile if options.stride is None else options.stride
+    check_tiling(tile, stride)
+    check_stride(tile, stride)  # the map's cells are S x S: T/S of them per tile side
     info = open_scene(
         scene,
         meta.bands,
@@ -108,6 +111,12 @@ def plan_scene(
         allow_no_crs=options.allow_no_crs,
     )
     warnings = list(info.warnings)
+    if options.aoi is not None:
+        from mscn_geo.aoi import read_aoi
+        from mscn_geo.landuse import scene_footprint
+
+        footprint = scene_footprint(info.transform, info.width, info.height)
+        info.aoi = read_aoi(options.aoi, info.crs, footprint)
     if info.crs is None:
         warnings.append(no_crs_warning(info))
     size_m = pixel_size_m(info)
@@ -120,8 +129,9 @@ def plan_scene(
                 field="resample",
             )
         scale = meta.pixel_size_m / size_m  # scene pixels per model pixel
-        window = round(tile * scale)
-        window_stride = min(window, max(1, round(stride * scale)))
+        cells = tile // stride  # keep whole cells per tile in scene pixels too
+        window = cells * max(1, round(tile * scale / cells))
+        window_stride = window // cells
         if window < MIN_TILE:
             raise OptionError(
                 f"resample=True cannot help: {_does_not_fit(size_m, meta, tile)}",

@@ -11,6 +11,7 @@ strip, hooks in there.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -160,6 +161,8 @@ def predict_tiles(
         channels_last=options.channels_last,
         compile=options.compile,
     )
+    if options.tta:
+        runner = dataclasses.replace(runner, tta=True)
     norm = Normaliser(model.meta, device, channels_last=runner.channels_last)
     tiles = list(grid.iter_tiles(start, stop))
     n = len(tiles)

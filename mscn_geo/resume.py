@@ -84,6 +84,7 @@ _OPTION_FIELDS = {
     "read_tile": "resample",
     "scaling": "scale",
     "allow_no_crs": "allow_no_crs",
+    "tta": "tta",
     "batch_size": "batch_size",
     "device": "device",
     "amp": "amp",
@@ -143,6 +144,7 @@ def run_fingerprint(
             "read_tile": info.read_tile,
             "scaling": info.scaling.to_dict() if info.scaling else None,
             "allow_no_crs": options.allow_no_crs,
+            "tta": options.tta,  # changes every tile's probabilities
             "batch_size": options.batch_size,
             "device": device.type,
             "amp": amp_name(autocast_dtype(device, options.amp)),

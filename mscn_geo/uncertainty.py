@@ -36,7 +36,9 @@ UNCERTAIN_COLOUR = (255, 0, 255)  # magenta: no land-use colour is near it
 def check_min_confidence(value: float | None) -> None:
     """Raise :class:`OptionError` unless ``value`` is None or in 0..1."""
     if value is not None and not (0.0 <= value <= 1.0):  # also refuses NaN
-        raise OptionError(f"--min-confidence must be between 0 and 1, got {value:g}")
+        raise OptionError(
+            f"min_confidence must be between 0 and 1, got {value:g}", field="min_confidence"
+        )
 
 
 def confidence(probs: np.ndarray) -> np.ndarray:

@@ -45,6 +45,7 @@ def test_real_scene(name: str, bands: list[int], tiny_model, tmp_path: Path) -> 
     assert list(frame.columns) == COLUMNS
     with rasterio.open(scene) as ds:
         crs, bounds, transform, shape = ds.crs, ds.bounds, ds.transform, ds.shape
+        valid = ds.read_masks(bands).any(axis=0)
     assert frame.crs == crs
     assert len(frame) == result.classified and result.classified + result.skipped == result.tiles
     np.testing.assert_allclose(
@@ -54,7 +55,11 @@ def test_real_scene(name: str, bands: list[int], tiny_model, tmp_path: Path) -> 
         assert ds.crs == crs and ds.transform == transform and ds.shape == shape
         classes = ds.read(1)
     assert set(np.unique(classes)) <= set(range(len(TINY_CLASSES))) | {255}
+    # Nodata pixels of the scene, and only those, are nodata in the map (issue 14).
+    np.testing.assert_array_equal(classes == 255, ~valid)
+    if name == "landsat_rgb_byte.tif":
+        assert (classes == 255).sum() == 184_823
+        assert result.areas["valid_pixels"] == 567_938 - 184_823
     if result.skipped == 0:
         union = shapely.union_all(frame.geometry.values)
         np.testing.assert_allclose(union.bounds, tuple(bounds))
-        assert (classes != 255).all()

@@ -40,7 +40,7 @@ def test_label_with_and_without_min_confidence() -> None:
 
 @pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan")])
 def test_min_confidence_outside_0_1_is_an_option_error(bad: float) -> None:
-    with pytest.raises(OptionError, match="--min-confidence must be between 0 and 1"):
+    with pytest.raises(OptionError, match="min_confidence must be between 0 and 1"):
         check_min_confidence(bad)
     check_min_confidence(None)
     check_min_confidence(1.0)

@@ -56,13 +56,16 @@ def style_sidecar(path: Path) -> Path:
     return Path(path).with_suffix(".qml")
 
 
-def output_paths(scene: Path | str, out_dir: Path, *, quicklook: bool = False) -> dict[str, Path]:
+def output_paths(
+    scene: Path | str, out_dir: Path, *, quicklook: bool = False, probabilities: bool = False
+) -> dict[str, Path]:
     """Final output paths for one scene.
 
     Returns ``{'gpkg': out/<stem>.gpkg, 'raster': out/<stem>_classes.tif,
     'aux': out/<stem>_classes.tif.aux.xml, 'qml': out/<stem>_classes.qml,
     'areas': out/<stem>_areas.csv}`` and with ``quicklook``
-    ``'quicklook': out/<stem>_quicklook.png``. The two sidecars belong to the
+    ``'quicklook': out/<stem>_quicklook.png``, with ``probabilities``
+    ``'probs': out/<stem>_probs.tif``. The two sidecars belong to the
     class raster: ``aux`` holds its category names (GeoTIFF cannot embed them),
     ``qml`` its QGIS style (a legend with exactly the classes).
     :class:`~mscn_geo.io.raster.ClassRasterWriter` writes both next to the
@@ -80,6 +83,8 @@ def output_paths(scene: Path | str, out_dir: Path, *, quicklook: bool = False) -
         "qml": style_sidecar(raster),
         "areas": out_dir / f"{stem}_areas.csv",
     }
+    if probabilities:
+        paths["probs"] = out_dir / f"{stem}_probs.tif"
     if quicklook:
         paths["quicklook"] = out_dir / f"{stem}_quicklook.png"
     return paths
