@@ -2,20 +2,22 @@
 
 The scene is built from UC Merced *validation* images of the bundled model's
 split (stratified 64 train / 16 validation per class, seed 0; the checkpoint's
-``training_data`` and ``scripts/train_default_model.py``): classes fill regions
-of 2 x 2 images (512 x 512 px at 0.3 m), and the region grid is offset by half
-a tile (128 px) from the tile grid, so every stride-T tile straddles four
-regions and region boundaries never fall on the tile grid. A scene of R x R
-regions' size holds (R + 1)^2 region slots (cut at the scene edges), each a
-different class picked with a fixed seed, each from 4 validation images of
-its class never used twice.
+``training_data`` and ``scripts/train_default_model.py``): R x R class regions
+of 2 x 2 images (512 x 512 px at 0.3 m), each a different class picked with a
+fixed seed from 4 validation images of its class, inside a nodata margin of
+half a tile (128 px). Region boundaries are therefore offset by half a tile
+from the tile grid: every stride-T tile straddles regions. Accuracy counts the
+region pixels (the margin is nodata in the scene and in the map).
 
 Each configuration runs ``mscn-geo classify`` in a child process (``--json``)
-and compares the class raster with the known class of every pixel. Figures:
-pixel accuracy, tiles classified, tiles/s as classify reports it.
+and compares its class raster with the known class of every pixel. The tiles
+layer of the same run is then aggregated again with every ``--overlap-weight``
+by :class:`~mscn_geo.aggregate.OverlapAggregator` (no model run: the same
+tiles, so the weightings are compared exactly); for the run's own weighting
+this must reproduce the raster's accuracy, which is checked.
 
     python benchmarks/bench_overlap.py --out benchmarks/results/overlap_cpu.json
-    python benchmarks/bench_overlap.py --regions 2 --configs T:hann,T/4:hann   # quick
+    python benchmarks/bench_overlap.py --regions 1 --configs T        # smoke
 
 UC Merced stays out of the repo: without ``../shared/data/ucmerced`` this exits
 with a message.
@@ -40,7 +42,9 @@ from _common import ROOT, finish, machine
 UCMERCED = ROOT.parent / "shared" / "data" / "ucmerced"
 IMAGE = 256  # UC Merced images (a few are a pixel or two smaller: resized)
 REGION = 2 * IMAGE
-DEFAULT_CONFIGS = "T:hann,T/4:hann,T/4:uniform,T/2:hann,T:hann:tta,T/4:gaussian,T/2:hann:tta"
+TILE = 256  # the bundled model's
+MARGIN = TILE // 2
+DEFAULT_CONFIGS = "T,T/2,T/4,T:tta,T/2:tta"
 
 
 def validation_images(root: Path) -> tuple[list[str], dict[int, list[Path]]]:
@@ -68,41 +72,36 @@ def _image(path: Path) -> np.ndarray:
 def build_scene(
     path: Path, regions: int, ucmerced: Path = UCMERCED, seed: int = 0
 ) -> tuple[np.ndarray, list[str]]:
-    """Write the mosaic GeoTIFF at ``path``; returns (labels (H, W) uint8, class names)."""
+    """Write the mosaic GeoTIFF at ``path``; returns (labels (H, W) uint8, 255 in the
+    margin, and the class names)."""
     import rasterio
     from rasterio.transform import from_origin
 
     classes, by_class = validation_images(ucmerced)
-    size = regions * REGION
-    slots = regions + 1
+    if regions * regions > len(classes):
+        raise SystemExit(f"bench_overlap: at most {int(len(classes) ** 0.5)} x that many regions")
+    size = regions * REGION + 2 * MARGIN
     rng = random.Random(seed)
-    order = list(range(len(classes)))
-    rng.shuffle(order)
-    pools = {c: list(paths) for c, paths in by_class.items()}
-    for paths in pools.values():
-        rng.shuffle(paths)
-    # Slot grid starts half a tile before the scene: boundaries at 384, 896, ... px.
-    shift = REGION - IMAGE // 2
-    mosaic = np.zeros((3, slots * REGION, slots * REGION), np.uint8)
-    labels = np.zeros((slots * REGION, slots * REGION), np.uint8)
-    for k in range(slots * slots):
-        cls = order[k % len(order)]
-        r, c = divmod(k, slots)
-        for dy in range(2):
-            for dx in range(2):
-                pool = pools[cls]
-                img = _image(pool.pop() if len(pool) > 0 else by_class[cls][0])
-                y, x = r * REGION + dy * IMAGE, c * REGION + dx * IMAGE
-                mosaic[:, y : y + IMAGE, x : x + IMAGE] = img
-        labels[r * REGION : (r + 1) * REGION, c * REGION : (c + 1) * REGION] = cls
-    mosaic = mosaic[:, shift : shift + size, shift : shift + size]
-    labels = labels[shift : shift + size, shift : shift + size]
+    order = rng.sample(range(len(classes)), regions * regions)
+    mosaic = np.zeros((3, size, size), np.uint8)
+    labels = np.full((size, size), 255, np.uint8)
+    for k, cls in enumerate(order):
+        r, c = divmod(k, regions)
+        paths = rng.sample(by_class[cls], 4)
+        for i, image in enumerate(paths):
+            y = MARGIN + r * REGION + (i // 2) * IMAGE
+            x = MARGIN + c * REGION + (i % 2) * IMAGE
+            # 0 is the margin's nodata: a pure black image pixel becomes 1.
+            mosaic[:, y : y + IMAGE, x : x + IMAGE] = np.maximum(_image(image), 1)
+        y, x = MARGIN + r * REGION, MARGIN + c * REGION
+        labels[y : y + REGION, x : x + REGION] = cls
     profile = {
         "driver": "GTiff",
         "width": size,
         "height": size,
         "count": 3,
         "dtype": "uint8",
+        "nodata": 0,
         "crs": "EPSG:32611",
         "transform": from_origin(700_000.0, 3_700_000.0, 0.3, 0.3),
         "tiled": True,
@@ -116,15 +115,38 @@ def build_scene(
     return labels, classes
 
 
+def reaggregate(summary: dict[str, Any], stride: int, labels: np.ndarray, classes: list[str]):
+    """Pixel accuracy of the run's tiles aggregated with every weighting (no model run)."""
+    import geopandas as gpd
+
+    from mscn_geo.aggregate import WEIGHTINGS, OverlapAggregator
+    from mscn_geo.tiling import TileGrid
+
+    tiles = gpd.read_file(summary["outputs"]["gpkg"], layer="tiles")
+    probs = tiles[[f"p_{name}" for name in classes]].to_numpy(np.float32)
+    height, width = labels.shape
+    grid = TileGrid(width, height, TILE, stride)
+    region = labels != 255
+    out = {}
+    for weighting in WEIGHTINGS:
+        agg = OverlapAggregator(grid, len(classes), weighting)
+        agg.add_many(tiles["row"].to_numpy(), tiles["col"].to_numpy(), probs)
+        cells = np.concatenate([strip.probs for strip in agg.ready()])
+        painted = agg.cells.paint(np.nan_to_num(cells, nan=-1).argmax(-1), 0)
+        out[weighting] = round(float((painted[region] == labels[region]).mean()), 4)
+    return out
+
+
 def parse_config(text: str, tile: int) -> dict[str, Any]:
-    """``T/4:hann[:tta]`` -> stride 64, weighting hann, tta on (for 256 px tiles)."""
+    """``T/4[:WEIGHT][:tta]`` -> stride 64, weighting (default uniform), tta (256 px tiles)."""
     parts = text.split(":")
     stride = tile if parts[0] == "T" else tile // int(parts[0].split("/")[1])
+    weights = [p for p in parts[1:] if p != "tta"]
     return {
         "config": text,
         "stride": stride,
-        "weighting": parts[1] if len(parts) > 1 else "hann",
-        "tta": "tta" in parts[2:],
+        "weighting": weights[0] if weights else "uniform",
+        "tta": "tta" in parts[1:],
     }
 
 
@@ -163,7 +185,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--regions", type=int, default=3, help="scene side in 512 px regions")
     parser.add_argument(
-        "--configs", default=DEFAULT_CONFIGS, help="comma-separated STRIDE:WEIGHT[:tta]"
+        "--configs", default=DEFAULT_CONFIGS, help="comma-separated STRIDE[:WEIGHT][:tta]"
     )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=16)
@@ -177,6 +199,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from mscn_geo.models import load_checkpoint
 
     tile = load_checkpoint(None).meta.tile_size
+    if tile != TILE:
+        raise SystemExit(f"bench_overlap: the scene is laid out for {TILE} px tiles, not {tile}")
     result: dict[str, Any] = {
         "benchmark": "overlap",
         "machine": machine(torch.device(args.device)),
@@ -186,12 +210,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench_overlap_") as tmp:
         scene = Path(tmp) / "mosaic.tif"
         labels, classes = build_scene(scene, args.regions, args.ucmerced)
-        present = sorted({classes[i] for i in np.unique(labels)})
+        region = labels != 255
         result["scene"] = {
             "size_px": labels.shape[1],
-            "regions": f"{args.regions + 1}x{args.regions + 1} slots of 2x2 validation images,"
-            " cut at the edges, offset 128 px from the tile grid",
-            "classes": present,
+            "regions": f"{args.regions}x{args.regions} regions of 2x2 validation images in a "
+            f"{MARGIN} px nodata margin (region boundaries half a tile off the tile grid)",
+            "classes": sorted({classes[i] for i in np.unique(labels[region])}),
+            "region_pixels": int(region.sum()),
             "tile": tile,
         }
         for text in args.configs.split(","):
@@ -200,10 +225,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             summary, wall = run_classify(scene, out, config, args)
             with rasterio.open(summary["outputs"]["raster"]) as ds:
                 raster = ds.read(1)
-            accuracy = float((raster == labels).mean())
+            accuracy = round(float((raster[region] == labels[region]).mean()), 4)
+            by_weighting = reaggregate(summary, config["stride"], labels, classes)
+            if by_weighting[config["weighting"]] != accuracy:
+                raise RuntimeError(f"re-aggregation {by_weighting} disagrees with {accuracy}")
             row = {
                 **config,
-                "pixel_accuracy": round(accuracy, 4),
+                "pixel_accuracy": accuracy,
+                "pixel_accuracy_by_weighting": by_weighting,
                 "tiles": summary["classified"],
                 "tiles_per_s": summary["tiles_per_s"],
                 "seconds": summary["seconds"],

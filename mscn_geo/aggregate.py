@@ -13,11 +13,11 @@ and nodata"):
   on the scene edge) adds itself to the cells it contains. Every cell has at
   least one tile.
 * A tile's weight for a cell is the tile's window function evaluated at the
-  cell's centre: ``uniform`` (1), ``hann`` (``sin^2(pi u / T)``, u the cell
-  centre's offset in the tile; the default, measured best in
-  ``benchmarks/bench_overlap.py``) or ``gaussian`` (sigma T/4), separable in x
-  and y. Tiles skipped as all-nodata add nothing; a cell with no classified
-  tile is nodata.
+  cell's centre: ``uniform`` (1; the default, measured best in
+  ``benchmarks/bench_overlap.py``), ``hann`` (``sin^2(pi u / T)``, u the cell
+  centre's offset in the tile) or ``gaussian`` (sigma T/4), separable in x and
+  y. Tiles skipped as all-nodata add nothing; a cell with no classified tile is
+  nodata.
 * With S = T every cell is exactly today's owned cell of exactly one tile, so
   the map is the per-tile map (sums are kept in float64 so ``p * w / w`` rounds
   back to the tile's float32 probabilities exactly).
@@ -52,8 +52,8 @@ __all__ = [
 ]
 
 #: Window functions a tile can weight its cells with (``--overlap-weight``).
-WEIGHTINGS = ("hann", "uniform", "gaussian")
-DEFAULT_WEIGHTING = "hann"
+WEIGHTINGS = ("uniform", "hann", "gaussian")
+DEFAULT_WEIGHTING = "uniform"
 
 
 def check_stride(tile: int, stride: int) -> None:

@@ -58,16 +58,20 @@ def classify_scene(
     """Classify every tile of ``scene`` and write its outputs.
 
     ``<scene>.gpkg`` (layers ``tiles`` and ``landuse``), ``<scene>_classes.tif``,
-    ``<scene>_areas.csv`` and, with ``options.quicklook``, ``<scene>_quicklook.png``
+    ``<scene>_areas.csv``, with ``options.quicklook`` ``<scene>_quicklook.png``,
+    with ``options.probabilities`` ``<scene>_probs.tif``
     (:mod:`mscn_geo.products`). With ``options.aoi`` only tiles touching the area
     of interest are classified and every output is nodata outside it.
 
-    Outputs are written under temporary names and renamed when complete, so an
-    error or interruption leaves no partial file (hidden temporaries that a
-    killed run left behind are removed first). A scene that is entirely
-    nodata is not an error: it gives a GeoPackage with no polygons, an all-255
-    raster and a warning. With ``options.resume`` finished tiles are kept in a
-    journal (:mod:`mscn_geo.resume`) and a run started again continues from it.
+    The rasters are written strip by strip while the model runs
+    (:class:`~mscn_geo.map_writer.MapWriter`; resumed and Dask runs feed it
+    their merged results afterwards). Outputs are written under temporary names
+    and renamed when complete, so an error or interruption leaves no partial
+    file (hidden temporaries that a killed run left behind are removed first).
+    A scene that is entirely nodata is not an error: it gives a GeoPackage with
+    no polygons, an all-255 raster and a warning. With ``options.resume``
+    finished tiles are kept in a journal (:mod:`mscn_geo.resume`) and a run
+    started again continues from it.
 
     Args:
         progress: called as ``progress(tiles_done, tiles_total)``.

@@ -104,6 +104,22 @@ def test_torchgeo_smoke(bench, tmp_path: Path) -> None:
     )
 
 
+def test_overlap_smoke(bench, tmp_path: Path) -> None:
+    module = bench("bench_overlap")
+    if not module.UCMERCED.is_dir():
+        pytest.skip(f"UC Merced not found at {module.UCMERCED} (../shared is optional)")
+    out = tmp_path / "overlap.json"
+    result = module.main(["--regions", "1", "--configs", "T", "--out", str(out)])
+    assert json.loads(out.read_text()) == result
+    check_machine(result)
+    assert result["scene"]["size_px"] == 768 and result["scene"]["region_pixels"] == 512 * 512
+    (run,) = result["runs"]
+    assert run["stride"] == 256 and run["tiles"] == 9 and run["weighting"] == "uniform"
+    assert 0 <= run["pixel_accuracy"] <= 1
+    # At stride T every cell has one tile: the weightings cannot differ.
+    assert set(run["pixel_accuracy_by_weighting"].values()) == {run["pixel_accuracy"]}
+
+
 def test_run_all_plans_every_benchmark(bench) -> None:
     run_all = bench("run_all")
     for device in ("cpu", "cuda"):

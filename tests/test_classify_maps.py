@@ -121,7 +121,7 @@ def test_min_confidence_uncertain_everywhere(make_scene, tiny_model, tmp_path):
     [
         (["--tile-size", "64", "--stride", "48"], "stride must divide the tile size"),
         (["--min-confidence", "1.5"], "--min-confidence must be between 0 and 1, got 1.5"),
-        (["--overlap-weight", "box"], "--overlap-weight must be one of hann, uniform, gaussian"),
+        (["--overlap-weight", "box"], "--overlap-weight must be one of uniform, hann, gaussian"),
     ],
 )
 def test_bad_map_options_exit_2_and_leave_nothing(
