@@ -39,10 +39,10 @@ ASSETS: dict[str, tuple[str, str, list[str], str]] = {
         ["data"],
         "Tile classes and probabilities (GeoPackage)",
     ),
-    "raster": ("classes", pystac.MediaType.GEOTIFF, ["data"], "Class raster"),
-    "probabilities": (
+    "raster": ("classes", pystac.MediaType.COG, ["data"], "Class raster"),
+    "probs": (
         "probabilities",
-        pystac.MediaType.GEOTIFF,
+        pystac.MediaType.COG,
         ["data"],
         "Class probabilities, one band per class",
     ),

@@ -107,7 +107,7 @@ def test_stac_item_of_outputs(make_scene, tiny_checkpoint, tmp_path, capsys, no_
     assert assets["tiles"]["href"] == "./scene.gpkg"
     assert assets["tiles"]["type"] == "application/geopackage+sqlite3"
     assert assets["classes"]["href"] == "./scene_classes.tif"
-    assert assets["classes"]["type"] == "image/tiff; application=geotiff"
+    assert assets["classes"]["type"] == "image/tiff; application=geotiff; profile=cloud-optimized"
     assert assets["classes"]["roles"] == ["data"]
     classes = assets["classes"]["classification:classes"]
     colours = ["".join(f"{c:02X}" for c in rgb) for rgb in class_colours(TINY_CLASSES)]
