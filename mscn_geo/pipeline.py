@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -137,27 +137,42 @@ class ModelRunner:
     device: torch.device
     amp: torch.dtype | None
     channels_last: bool
-    #: Test-time augmentation: average the probabilities of the 8 flips/rotations.
-    tta: bool = False
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Logits -> softmax probabilities, float32, still on the device."""
-        if not self.tta:
-            return self._probs(x)
-        from mscn_geo.evaluate import dihedral
-
-        views = dihedral(x)
-        if self.channels_last:
-            views = [v.contiguous(memory_format=torch.channels_last) for v in views]
-        # One view at a time: 8x the work, the memory of one batch.
-        return sum(self._probs(v) for v in views) / len(views)  # type: ignore[return-value]
-
-    def _probs(self, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(
             self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None
         ):
             logits = self.net(x)
         return torch.softmax(logits.float(), dim=1)
+
+
+@dataclass
+class DihedralRunner:
+    """Test-time augmentation around any runner (PyTorch or ONNX Runtime): the mean
+    of its probabilities over the 8 flips/rotations of the batch (8x the work, the
+    memory of one batch: one view at a time)."""
+
+    runner: Any
+
+    @property
+    def device(self) -> torch.device:
+        return self.runner.device
+
+    @property
+    def amp(self) -> torch.dtype | None:
+        return self.runner.amp
+
+    @property
+    def channels_last(self) -> bool:
+        return self.runner.channels_last
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        from mscn_geo.evaluate import dihedral
+
+        layout = torch.channels_last if self.channels_last else torch.contiguous_format
+        views = [v.contiguous(memory_format=layout) for v in dihedral(x)]
+        return sum(self.runner(v) for v in views) / len(views)  # type: ignore[return-value]
 
 
 def prepare_model(

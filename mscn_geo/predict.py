@@ -11,7 +11,6 @@ strip, hooks in there.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -22,7 +21,7 @@ from mscn_geo.backends import prepare_runner
 from mscn_geo.device import autocast_dtype, resolve_device
 from mscn_geo.models.checkpoint import LoadedModel
 from mscn_geo.options import ClassifyOptions
-from mscn_geo.pipeline import Normaliser, classify_stream, read_ahead
+from mscn_geo.pipeline import DihedralRunner, Normaliser, classify_stream, read_ahead
 from mscn_geo.reader import SceneInfo, TilePixels, TileReader
 from mscn_geo.tiling import Tile, TileGrid
 
@@ -162,7 +161,7 @@ def predict_tiles(
         compile=options.compile,
     )
     if options.tta:
-        runner = dataclasses.replace(runner, tta=True)
+        runner = DihedralRunner(runner)
     norm = Normaliser(model.meta, device, channels_last=runner.channels_last)
     tiles = list(grid.iter_tiles(start, stop))
     n = len(tiles)

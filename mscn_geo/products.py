@@ -23,17 +23,16 @@ import numpy as np
 from mscn_geo.areas import SceneAreas, raster_areas, write_areas_csv
 from mscn_geo.io.vector import write_landuse_layer
 from mscn_geo.landuse import NODATA_CELL, landuse_frame, scene_footprint
-from mscn_geo.predict import TileResult
 from mscn_geo.quicklook import render_quicklook
 from mscn_geo.reader import SceneInfo
-from mscn_geo.tiling import TileGrid
 
 __all__ = ["CellMap", "MapProducts", "write_map_products"]
 
 
 @dataclass
 class CellMap:
-    """The map at cell resolution: S x S scene pixels per cell, last row/column cut.
+    """The map at cell resolution: S x S scene pixels per cell, last row/column cut
+    (:meth:`mscn_geo.map_writer.MapWriter.cell_map`).
 
     Attributes:
         classes: (rows, cols) uint8 class value per cell, :data:`NODATA_CELL` for none.
@@ -44,21 +43,6 @@ class CellMap:
     classes: np.ndarray
     confidence: np.ndarray
     size: int
-
-    @classmethod
-    def from_tiles(cls, grid: TileGrid, result: TileResult) -> CellMap:
-        """Cells of the stride grid, each with the class of the tile owning it
-        (:meth:`~mscn_geo.tiling.TileGrid.paint`'s rule, at cell resolution)."""
-        rows, cols = grid.shape
-        size = grid.stride
-        owner_rows = np.minimum(np.arange(-(-grid.height // size)), rows - 1)
-        owner_cols = np.minimum(np.arange(-(-grid.width // size)), cols - 1)
-        pick = np.ix_(owner_rows, owner_cols)
-        classes = result.class_ids.reshape(rows, cols)[pick]
-        top = np.nan_to_num(result.probs, nan=0.0).max(axis=1, initial=0.0)
-        confidence = top.reshape(rows, cols)[pick].astype(np.float32)
-        confidence[classes == NODATA_CELL] = np.nan
-        return cls(classes, confidence, size)
 
     def transform(self, scene_transform: affine.Affine) -> affine.Affine:
         return scene_transform @ affine.Affine.scale(self.size)
