@@ -156,11 +156,11 @@ def _classify(
         frame = tiles_frame(info, result, meta.class_names, options.min_confidence)
         if frame.empty:
             warnings.append("scene is entirely nodata: no tile was classified")
-        values, names, colours = (list(column) for column in zip(*legend, strict=True))
+        values, classes, colours = (list(column) for column in zip(*legend, strict=True))
         k = meta.num_classes
-        extra = list(zip(names[k:], colours[k:], strict=True))  # uncertain
+        extra = list(zip(classes[k:], colours[k:], strict=True))  # uncertain
         write_tiles_gpkg(tmp["gpkg"], frame, meta.class_names, colours[:k], extra_classes=extra)
-        products = write_map_products(tmp, info, maps.cell_map(), names, colours, values)
+        products = write_map_products(tmp, info, maps.cell_map(), classes, colours, values)
         warnings.extend(products.warnings)
         if options.stac:  # last: it lists the outputs written
             written = {k: paths[k] for k in names if k != "stac" and tmp[k].exists()}
