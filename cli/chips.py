@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 from mscn_geo_cli import options as opt
 from mscn_geo_cli.app import app
+from mscn_geo_cli.errors import cli_text
 
 from mscn_geo.chip_options import ChipOptions
 
@@ -153,4 +154,4 @@ def chips(
             flush=True,
         )
     for warning in summary["warnings"]:
-        print(f"mscn-geo: warning: {warning}", file=sys.stderr)
+        print(f"mscn-geo: warning: {cli_text(warning)}", file=sys.stderr)

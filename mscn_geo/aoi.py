@@ -96,9 +96,11 @@ def read_aoi(path: str | Path, scene_crs: Any, footprint: shapely.Geometry) -> A
 
     path = Path(path)
     if scene_crs is None:
-        raise AoiError(f"--aoi {path}: the scene has no CRS to place the area of interest in")
+        raise AoiError(
+            f"aoi {path}: the scene has no CRS to place the area of interest in", field="aoi"
+        )
     if not path.exists():
-        raise AoiError(f"--aoi {path}: no such file")
+        raise AoiError(f"aoi {path}: no such file", field="aoi")
     try:
         with warnings.catch_warnings():
             # A file with several layers: the first is used (as OGR tools do).
@@ -106,27 +108,36 @@ def read_aoi(path: str | Path, scene_crs: Any, footprint: shapely.Geometry) -> A
             frame = geopandas.read_file(path)
     except (pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError, OSError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise AoiError(f"--aoi {path}: cannot be read as a vector file ({reason})") from exc
+        raise AoiError(
+            f"aoi {path}: cannot be read as a vector file ({reason})", field="aoi"
+        ) from exc
     polygons = frame.geometry[frame.geometry.geom_type.isin(["Polygon", "MultiPolygon"])]
     if polygons.empty:
         kinds = sorted(set(frame.geometry.geom_type.dropna())) or ["no geometry"]
-        raise AoiError(f"--aoi {path}: holds no polygon ({', '.join(kinds)})")
+        raise AoiError(f"aoi {path}: holds no polygon ({', '.join(kinds)})", field="aoi")
     if frame.crs is None:
-        raise AoiError(f"--aoi {path}: has no CRS (a GeoJSON is WGS 84; add a .prj or CRS)")
+        raise AoiError(
+            f"aoi {path}: has no CRS (a GeoJSON is WGS 84; add a .prj or CRS)", field="aoi"
+        )
     try:
         projected = polygons.to_crs(
             scene_crs.to_wkt() if hasattr(scene_crs, "to_wkt") else scene_crs
         )
     except Exception as exc:  # pyproj raises several types for impossible transforms
-        raise AoiError(f"--aoi {path}: cannot be reprojected to the scene's CRS ({exc})") from exc
+        raise AoiError(
+            f"aoi {path}: cannot be reprojected to the scene's CRS ({exc})", field="aoi"
+        ) from exc
     geometry = shapely.make_valid(shapely.union_all(projected.values))
     if not np.isfinite(shapely.bounds(geometry)).all():
-        raise AoiError(f"--aoi {path}: does not overlap the scene (outside the scene's CRS area)")
+        raise AoiError(
+            f"aoi {path}: does not overlap the scene (outside the scene's CRS area)", field="aoi"
+        )
     inside = shapely.intersection(geometry, footprint)
     if inside.is_empty or inside.area <= 0:
         raise AoiError(
-            f"--aoi {path}: does not overlap the scene (AOI bounds "
-            f"{_bounds(geometry)}, scene bounds {_bounds(footprint)} in the scene's CRS)"
+            f"aoi {path}: does not overlap the scene (AOI bounds "
+            f"{_bounds(geometry)}, scene bounds {_bounds(footprint)} in the scene's CRS)",
+            field="aoi",
         )
     return Aoi(path=path, geometry=inside, source_crs=str(frame.crs.to_string()))
 

@@ -163,7 +163,7 @@ def make_chips(
         used = ", ".join(f"{p.info.path.name} {p.info.band_indexes}" for p in plans)
         warnings.append(
             f"the scenes were read with different bands ({used}); chips.json records the first "
-            "scene's: pass --bands to read them all alike"
+            "scene's: set bands=LIST to read them all alike"
         )
     out = Path(options.out_dir)
     with atomic_folder(out, overwrite=options.overwrite, marker=CHIPS_JSON) as tmp:
@@ -315,8 +315,9 @@ def _check_classes(chips: list[_Chip], labels: LabelLayer) -> None:
     found = sorted({c.name for c in chips})
     if not found:
         raise InputError(
-            "no window is covered by one class for --min-cover of its valid pixels: draw larger "
-            "polygons, lower --min-cover or use a smaller --tile-size"
+            "no window is covered by one class for min_cover of its valid pixels: draw larger "
+            "polygons, lower min_cover or use a smaller tile_size",
+            field=("min_cover", "tile_size"),
         )
     if len(found) == 1:
         others = [c for c in labels.classes if c not in found]
@@ -430,7 +431,7 @@ def _count_warnings(counts: dict[str, dict[str, int]], options: ChipOptions) -> 
         if options.val_fraction > 0 and split["val"] == 0:
             warnings.append(
                 f"class {name!r} has no validation chip: its chips lie in too few split blocks "
-                "(draw polygons in more places or lower --block-tiles)"
+                "(draw polygons in more places or use block_tiles=1)"
             )
         if split["train"] == 0:
             warnings.append(f"class {name!r} has no training chip")

@@ -266,7 +266,7 @@ def export_onnx(
         raise OptionError(f"unknown exporter {exporter!r}; known: {', '.join(EXPORTERS)}")
     out = Path(out)
     if out.suffix.lower() != ".onnx":
-        raise OptionError(f"--onnx {out} must end in .onnx")
+        raise OptionError(f"the ONNX file {out} must end in .onnx")
     start = time.perf_counter()
     loaded = checkpoint if isinstance(checkpoint, LoadedModel) else load_checkpoint(checkpoint)
     meta = loaded.meta

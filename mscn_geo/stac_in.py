@@ -80,7 +80,8 @@ def _choose(item: Any, keys: list[str] | None) -> list[str]:
         return visual[:1]
     raise InputError(
         f"STAC Item {item.id} has no visual asset; name the assets to use as bands with "
-        f"--assets (it has: {available})"
+        f"assets (it has: {available})",
+        field="assets",
     )
 
 
@@ -220,7 +221,9 @@ def stac_source(
         if keys is not None:
             from mscn_geo.errors import OptionError
 
-            raise OptionError(f"--assets applies to STAC Items only; {scene} is not one")
+            raise OptionError(
+                f"assets applies to STAC Items only; {scene} is not one", field="assets"
+            )
         yield scene
         return
     item = _read_item(scene)
