@@ -57,6 +57,10 @@ __all__ = [
     "resolve_backend",
 ]
 
+#: Bumped whenever the exported graph changes for the same weights, so cached
+#: graphs of an older export are not reused.
+GRAPH_REVISION = 2
+
 #: Names accepted by ``--backend`` (``auto`` picks one per device).
 BACKENDS = ("auto", "torch", "onnxruntime")
 
@@ -153,7 +157,8 @@ def _graph_key(model: LoadedModel, tile_size: int) -> str:
 
     digest = hashlib.sha256(model_digest(None, model.model.state_dict()).encode())
     config = [model.arch, model.arch_kwargs, model.meta.mean, model.meta.std, tile_size]
-    digest.update(json.dumps([config, __version__, torch.__version__], default=str).encode())
+    versions = [__version__, GRAPH_REVISION, torch.__version__]
+    digest.update(json.dumps([config, *versions], default=str).encode())
     return digest.hexdigest()[:32]
 
 

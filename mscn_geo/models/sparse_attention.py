@@ -242,9 +242,20 @@ def dense_dual_topk_attention(
     ``k_a`` and ``k_b`` must already be in 1..N1.
     """
     s = torch.matmul(q * scale, k.transpose(-2, -1))
-    top = torch.topk(s, max(k_a, k_b), dim=-1).values  # sorted, largest first
-    e = torch.exp(s - top[..., :1])
-    e_a = e * (s >= top[..., k_a - 1 : k_a]).to(e.dtype)
-    e_b = e * (s >= top[..., k_b - 1 : k_b]).to(e.dtype)
+    # Unsorted selections give the same thresholds as a sorted top-k at under half
+    # the cost (ONNX Runtime's sorted TopK was 30 % of the whole graph's time):
+    # the larger set's minimum is its threshold, and the smaller set's threshold
+    # is selected among the larger set's values only.
+    k_big, k_small = max(k_a, k_b), min(k_a, k_b)
+    top = torch.topk(s, k_big, dim=-1, sorted=False).values
+    t_big = top.amin(-1, keepdim=True)
+    if k_small == k_big:
+        t_small = t_big
+    else:
+        t_small = torch.topk(top, k_small, dim=-1, sorted=False).values.amin(-1, keepdim=True)
+    t_a, t_b = (t_big, t_small) if k_a >= k_b else (t_small, t_big)
+    e = torch.exp(s - top.amax(-1, keepdim=True))
+    e_a = e * (s >= t_a).to(e.dtype)
+    e_b = e * (s >= t_b).to(e.dtype)
     p = e_a * (a1 / e_a.sum(-1, keepdim=True)) + e_b * (a2 / e_b.sum(-1, keepdim=True))
     return torch.matmul(p, v)
