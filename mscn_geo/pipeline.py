@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -40,36 +40,75 @@ class _Reads(Protocol):
     def read(self, tile: Tile) -> TilePixels: ...
 
 
+@runtime_checkable
+class _ReadsRuns(Protocol):
+    def read(self, tile: Tile) -> TilePixels: ...
+    def can_read_runs(self) -> bool: ...
+    def read_run(self, tiles: list[Tile]) -> list[TilePixels]: ...
+
+
+#: Tiles one reading task covers at most (:meth:`TileReader.read_run`): enough to make
+#: the per-task costs small, few enough that every worker has tasks.
+RUN_TILES = 8
+
+
+def _read_units(reader: _Reads, tiles: Iterable[Tile], depth: int) -> Iterator[list[Tile]]:
+    """What one task reads: runs of consecutive tiles where the reader can, else tiles."""
+    if not (isinstance(reader, _ReadsRuns) and reader.can_read_runs()):
+        yield from ([t] for t in tiles)
+        return
+    max_len = max(1, min(RUN_TILES, depth // 2))
+    run: list[Tile] = []
+    for tile in tiles:
+        run.append(tile)
+        if len(run) == max_len:
+            yield run
+            run = []
+    if run:
+        yield run
+
+
+def _read_unit(reader: _Reads, unit: list[Tile]) -> list[TilePixels]:
+    if len(unit) > 1 and isinstance(reader, _ReadsRuns):
+        return reader.read_run(unit)
+    return [reader.read(unit[0])]
+
+
 def read_ahead(
     reader: _Reads, tiles: Iterable[Tile], workers: int, depth: int
 ) -> Iterator[TilePixels]:
-    """Read ``tiles`` in order with ``workers`` threads, at most ``depth`` tiles in flight.
+    """Read ``tiles`` in order with ``workers`` threads, about ``depth`` tiles in flight.
 
-    ``workers == 0`` reads in the calling thread. Tiles come back in the order
-    given whatever order the threads finish in; a read error is raised when its
-    tile's turn comes, and the tiles after it are cancelled.
+    Consecutive tiles are read by one task, :data:`RUN_TILES` at most, when
+    the reader can (:meth:`~mscn_geo.reader.TileReader.read_run`); ``depth``
+    counts tiles either way. ``workers == 0`` reads in the calling thread. Tiles
+    come back in the order given whatever order the threads finish in; a read
+    error is raised when its tile's turn comes, and the reads after it are cancelled.
     """
-    if workers == 0:
-        for tile in tiles:
-            yield reader.read(tile)
-        return
     depth = max(depth, 1)
+    units = _read_units(reader, tiles, depth)
+    if workers == 0:
+        for unit in units:
+            yield from _read_unit(reader, unit)
+        return
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mscn-geo-read")
-    pending: deque[Future[TilePixels]] = deque()
-    todo = iter(tiles)
+    pending: deque[tuple[Future[list[TilePixels]], int]] = deque()
+    in_flight = 0
     try:
-        for tile in todo:
-            pending.append(pool.submit(reader.read, tile))
-            if len(pending) >= depth:
-                break
+        for unit in units:
+            pending.append((pool.submit(_read_unit, reader, unit), len(unit)))
+            in_flight += len(unit)
+            while pending and in_flight >= depth:
+                fut, n = pending.popleft()
+                done = fut.result()
+                in_flight -= n
+                yield from done
         while pending:
-            done = pending.popleft().result()
-            nxt = next(todo, None)
-            if nxt is not None:
-                pending.append(pool.submit(reader.read, nxt))
-            yield done
+            fut, n = pending.popleft()
+            in_flight -= n
+            yield from fut.result()
     finally:
-        for fut in pending:
+        for fut, _ in pending:
             fut.cancel()
         pool.shutdown(wait=True)
 

@@ -131,3 +131,56 @@ def test_padded_tile_is_zero_and_invalid_outside(make_scene) -> None:
     assert tile.pixels.shape == (3, 64, 64)
     assert tile.valid[:50, :40].all() and not tile.valid[50:].any() and not tile.valid[:, 40:].any()
     assert tile.nodata_fraction == 0.0
+
+
+@pytest.mark.parametrize("kind", ["nodata_value", "internal_mask", "uint16"])
+@pytest.mark.parametrize("stride", [64, 32, 16])
+def test_runs_read_what_each_window_holds(make_scene, kind: str, stride: int) -> None:
+    """Tiles read in runs (one window per row run, or a shared buffer for scattered
+    tiles) equal each window read on its own: pixels, validity, nodata share, skips."""
+    from mscn_geo.models import ModelMeta
+    from mscn_geo.options import ClassifyOptions
+    from mscn_geo.pipeline import read_ahead
+    from mscn_geo.plan import plan_scene
+
+    nodata = None if kind == "internal_mask" else 0
+    dtype = "uint16" if kind == "uint16" else "uint8"
+    path = make_scene(460, 200, nodata=nodata, nodata_cols=70, dtype=dtype)
+    invalid = np.zeros((200, 460), dtype=bool)
+    invalid[:, :70] = True
+    invalid[100:120, 300:330] = True  # a hole inside a run of tiles
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(path, "r+") as ds:
+        data = ds.read()
+        data[:, invalid] = 0
+        ds.write(data)
+        if nodata is None:
+            ds.write_mask(np.where(invalid, 0, 255).astype(np.uint8))
+    meta = ModelMeta(class_names=["a", "b"], tile_size=64)
+    plan = plan_scene(path, meta, ClassifyOptions(stride=stride))
+    tiles = plan.grid.tiles()
+    scattered = tiles[::3]  # not neighbours: the shared-buffer path
+    with rasterio.open(path) as ds:
+        raw = ds.read()
+    assert (plan.info.scaling is not None) == (dtype == "uint16")
+    with TileReader(plan.info, 64) as reader:
+        for subset in (tiles, scattered):
+            for workers in (0, 2):
+                got = list(read_ahead(reader, subset, workers, depth=32))
+                assert [g.tile for g in got] == subset
+                for item in got:
+                    w = item.tile.window
+                    rows = slice(w.row_off, w.row_off + w.height)
+                    cols = slice(w.col_off, w.col_off + w.width)
+                    want_valid = ~invalid[rows, cols]
+                    fraction = 1.0 - want_valid.mean()
+                    assert item.nodata_fraction == pytest.approx(fraction, abs=1e-9)
+                    if not want_valid.any():
+                        assert item.pixels is None
+                        continue
+                    assert item.valid is not None and item.pixels is not None
+                    np.testing.assert_array_equal(item.valid, want_valid)
+                    assert item.pixels.dtype == np.uint8
+                    window = raw[:, rows, cols]
+                    if plan.info.scaling is not None:  # uint16: the scene's stretch to 0..255
+                        window = plan.info.scaling.apply(window)
+                    np.testing.assert_array_equal(item.pixels[:, want_valid], window[:, want_valid])

@@ -42,6 +42,7 @@ def slow(self, tile):
     time.sleep(delay)
     return real(self, tile)
 reader.TileReader.read = slow
+reader.TileReader.can_read_runs = lambda self: False  # tile by tile: each read slowed, counted
 from mscn_geo_cli.main import main
 sys.exit(main(sys.argv[1:]))
 """
