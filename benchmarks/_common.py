@@ -237,7 +237,7 @@ def random_model(
     torch.manual_seed(seed)
     net = create_model(arch, num_classes=num_classes).eval()
     meta = ModelMeta(class_names=[f"class_{i}" for i in range(num_classes)], tile_size=tile_size)
-    return LoadedModel(model=net, arch=arch, arch_kwargs={}, meta=meta)
+    return LoadedModel(arch=arch, arch_kwargs={}, meta=meta, model=net)
 
 
 class _MeanColour(torch.nn.Module):
@@ -258,7 +258,7 @@ def cheap_model(tile_size: int = 256, num_classes: int = 21) -> Any:
     torch.manual_seed(0)
     meta = ModelMeta(class_names=[f"class_{i}" for i in range(num_classes)], tile_size=tile_size)
     net = _MeanColour(3, num_classes).eval()
-    return LoadedModel(model=net, arch="mean_colour", arch_kwargs={}, meta=meta)
+    return LoadedModel(arch="mean_colour", arch_kwargs={}, meta=meta, model=net)
 
 
 def timed(fn: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import os
 import tempfile
@@ -42,8 +43,8 @@ from mscn_geo.errors import OptionError
 from mscn_geo.models.checkpoint import LoadedModel
 from mscn_geo.pipeline import ModelRunner, prepare_model
 
-# ONNX Runtime sessions by model module, dropped with the module.
-_SESSIONS: weakref.WeakKeyDictionary[torch.nn.Module, tuple[Any, Any]] = weakref.WeakKeyDictionary()
+# ONNX Runtime sessions by loaded model, dropped with it.
+_SESSIONS: weakref.WeakKeyDictionary[LoadedModel, tuple[Any, Any]] = weakref.WeakKeyDictionary()
 _SESSIONS_LOCK = threading.Lock()
 
 __all__ = [
@@ -71,18 +72,19 @@ class Runner(Protocol):
     device: torch.device
     amp: torch.dtype | None
     channels_last: bool
+    pixel_input: bool  # takes 0..255 pixel units instead of normalised values
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
 
 
 def onnxruntime_available() -> bool:
     """Whether onnxruntime (and the exporter's onnxscript) can be imported."""
+    # Looked up, not imported: onnxscript alone takes 0.5 s to import (sympy), and a
+    # cached graph never needs it.
     try:
-        import onnxruntime  # noqa: F401
-        import onnxscript  # noqa: F401
-    except ImportError:
+        return all(importlib.util.find_spec(n) is not None for n in ("onnxruntime", "onnxscript"))
+    except (ImportError, ValueError):  # blocked (None in sys.modules) or broken
         return False
-    return True
 
 
 def resolve_backend(name: str, device: torch.device, amp: torch.dtype | None) -> str:
@@ -121,10 +123,11 @@ def resolve_backend(name: str, device: torch.device, amp: torch.dtype | None) ->
 class OnnxRuntimeRunner:
     """An ONNX Runtime session with the :class:`~mscn_geo.pipeline.ModelRunner` interface.
 
-    The exported graph takes 0..255 pixels and normalises inside; this runner
-    takes normalised batches like every runner, so it maps them back to pixel
-    units first (an exact inverse up to float rounding: pixels masked to 0 by
-    the normaliser become the band mean, which the graph normalises to 0 again).
+    The exported graph takes 0..255 pixels and normalises inside, so this runner
+    takes pixel units (``pixel_input``: the loop's
+    :class:`~mscn_geo.pipeline.Normaliser` then only converts to float and puts
+    the band mean where pixels are nodata); :meth:`normalised` takes normalised
+    batches like the PyTorch runner.
     """
 
     session: Any  # onnxruntime.InferenceSession
@@ -135,11 +138,16 @@ class OnnxRuntimeRunner:
     amp: torch.dtype | None = None
     channels_last: bool = False
 
+    pixel_input: bool = True
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, bands, T, T) normalised float32 -> (B, classes) float32 probabilities."""
-        pixels = ((x - self.shift) / self.scale).contiguous()
-        out = self.session.run(None, {self.input_name: pixels.numpy()})[0]
+        """(B, bands, T, T) float32 pixels (0..255) -> (B, classes) float32 probabilities."""
+        out = self.session.run(None, {self.input_name: x.contiguous().numpy()})[0]
         return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
+
+    def normalised(self, x: torch.Tensor) -> torch.Tensor:
+        """The same for a normalised batch (mapped back to pixel units first)."""
+        return self((x - self.shift) / self.scale)
 
 
 def cache_dir() -> Path:
@@ -155,7 +163,7 @@ def _graph_key(model: LoadedModel, tile_size: int) -> str:
     from mscn_geo import __version__
     from mscn_geo.resume import model_digest
 
-    digest = hashlib.sha256(model_digest(None, model.model.state_dict()).encode())
+    digest = hashlib.sha256(model_digest(None, model.weights()).encode())
     config = [model.arch, model.arch_kwargs, model.meta.mean, model.meta.std, tile_size]
     versions = [__version__, GRAPH_REVISION, torch.__version__]
     digest.update(json.dumps([config, *versions], default=str).encode())
@@ -232,10 +240,10 @@ def prepare_runner(
         return runner
     key = (tile_size or model.meta.tile_size, threads or torch.get_num_threads())
     with _SESSIONS_LOCK:
-        cached = _SESSIONS.get(model.model)
+        cached = _SESSIONS.get(model)
     if cached is not None and cached[0] == key:
         return cached[1]
     ort_runner = _onnxruntime_runner(model, *key)
     with _SESSIONS_LOCK:
-        _SESSIONS[model.model] = (key, ort_runner)
+        _SESSIONS[model] = (key, ort_runner)
     return ort_runner

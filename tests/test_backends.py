@@ -56,9 +56,14 @@ def test_onnxruntime_runner_matches_torch_including_masked_pixels(tiny_checkpoin
     valid[1][:, :40] = False  # nodata on part of a tile: 0 after normalising
     with torch.inference_mode():
         ref = torch_runner(Normaliser(model.meta, CPU, channels_last=True)(pixels, valid))
-        got = runner(Normaliser(model.meta, CPU)(pixels, valid))
+        # As the loop feeds it: pixel units, nodata at the band mean ...
+        assert runner.pixel_input
+        got = runner(Normaliser(model.meta, CPU, pixel_units=True)(pixels, valid))
+        # ... or normalised, like the PyTorch runner.
+        got_normalised = runner.normalised(Normaliser(model.meta, CPU)(pixels, valid))
     assert got.shape == (5, 3) and got.dtype == torch.float32
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(got_normalised, ref, atol=1e-5, rtol=1e-4)
 
 
 def test_graph_is_exported_once_then_loaded_from_the_cache(tiny_checkpoint, monkeypatch):
@@ -68,12 +73,13 @@ def test_graph_is_exported_once_then_loaded_from_the_cache(tiny_checkpoint, monk
         raise AssertionError("exported again although the cache has the graph")
 
     monkeypatch.setattr("mscn_geo.onnx_export.export_onnx", no_export)
-    fresh = load_checkpoint(tiny_checkpoint)  # same weights, a new module object
+    # Same weights, not yet built into a network: the same cache key.
+    fresh = load_checkpoint(tiny_checkpoint)
     runner = prepare_runner(fresh, CPU, None, backend="onnxruntime")
     assert runner(torch.zeros(1, 3, 64, 64)).shape == (1, 3)
     with torch.no_grad():  # other weights: another graph
         fresh.model.head.bias.add_(1.0)
-    backends._SESSIONS.pop(fresh.model)  # forget the session kept for this module
+    backends._SESSIONS.pop(fresh)  # forget the session kept for this model
     with pytest.raises(AssertionError, match="exported again"):
         prepare_runner(fresh, CPU, None, backend="onnxruntime")
 
@@ -102,3 +108,27 @@ def test_onnxruntime_at_another_tile_size(make_scene, tiny_model, tmp_path):
     )
     assert len(frame_o) == 32
     np.testing.assert_allclose(frame_o["confidence"], frame_t["confidence"], atol=1e-5)
+
+
+def test_a_cached_graph_runs_without_building_the_network(make_scene, tiny_checkpoint, tmp_path):
+    """Start-up: with the graph in the cache, classify never imports torchvision."""
+    import subprocess
+    import sys
+
+    scene = make_scene(192, 128)
+    code = (
+        "import sys; from pathlib import Path\n"
+        "from mscn_geo.classify import classify_scene\n"
+        "from mscn_geo.models import load_checkpoint\n"
+        "from mscn_geo.options import ClassifyOptions\n"
+        f"opts = ClassifyOptions(out_dir=Path({str(tmp_path / 'o')!r}), overwrite=True,"
+        " device='cpu', backend='onnxruntime', quicklook=False)\n"
+        f"r = classify_scene({str(scene)!r}, load_checkpoint({str(tiny_checkpoint)!r}), opts)\n"
+        "print(r.classified, 'torchvision' in sys.modules)\n"
+    )
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)]
+    runs.append(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True))
+    assert [r.returncode for r in runs] == [0, 0], runs[-1].stderr
+    first, second = (r.stdout.split() for r in runs)
+    assert first[0] == second[0] == "6"
+    assert second[1] == "False"  # the first run may have exported (and built) it

@@ -106,21 +106,76 @@ class ModelMeta:
         return Scaling.from_dict(self.scaling)
 
 
-@dataclass
-class LoadedModel:
-    """A model ready for inference, with the metadata it came with."""
+class _BuiltOnFirstUse:
+    """The ``model`` field of :class:`LoadedModel`: built from the stored weights
+    the first time it is read (building imports torchvision and allocates the
+    network; a run whose ONNX graph is cached never needs it)."""
 
-    model: nn.Module
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.slot = f"_{name}"
+
+    def __get__(self, obj: Any, objtype: type | None = None) -> Any:
+        if obj is None:
+            return None  # the dataclass default: built on first use
+        module = obj.__dict__.get(self.slot)
+        if module is None:
+            module = obj.__dict__[self.slot] = obj.build_model()
+        return module
+
+    def __set__(self, obj: Any, value: nn.Module | None) -> None:
+        obj.__dict__[self.slot] = value
+
+
+@dataclass(eq=False)
+class LoadedModel:
+    """A model ready for inference, with the metadata it came with.
+
+    ``model`` is the network in eval mode, fp32; :func:`load_checkpoint` leaves it
+    to be built from ``state`` the first time it is used (:meth:`weights` gives
+    the weights without building it).
+    """
+
     arch: str
     arch_kwargs: dict[str, Any]
     meta: ModelMeta
     path: Path | None = None
+    model: nn.Module = _BuiltOnFirstUse()  # type: ignore[assignment]
+    state: dict[str, torch.Tensor] | None = field(default=None, repr=False)
 
     @property
     def label(self) -> str:
         """One-line description used in reports; flags untrained weights."""
         name = self.path.name if self.path else "<memory>"
         return f"{name} ({self.arch}, {self.meta.num_classes} classes, {self.meta.status})"
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The state dict: the built network's, else the stored fp32 weights (equal values)."""
+        built = self.__dict__.get("_model")
+        if built is not None or self.state is None:
+            return self.model.state_dict()
+        return self.state
+
+    def build_model(self) -> nn.Module:
+        """The network of ``arch`` with the stored weights, eval mode (``state`` is then dropped).
+
+        Raises:
+            CheckpointError: the weights do not fit the architecture.
+        """
+        if self.state is None:
+            raise CheckpointError("this model has neither a network nor stored weights")
+        meta = self.meta
+        model = create_model(
+            self.arch, num_classes=meta.num_classes, in_chans=meta.in_chans, **self.arch_kwargs
+        )
+        try:
+            model.load_state_dict(self.state)
+        except RuntimeError as exc:
+            where = self.path or "<memory>"
+            raise CheckpointError(
+                f"{where}: weights do not match {self.arch}: {str(exc)[:200]}"
+            ) from exc
+        self.state = None  # the network holds them now
+        return model.eval()
 
 
 def save_checkpoint(
@@ -226,16 +281,14 @@ def meta_from_dict(raw: dict[str, Any]) -> ModelMeta:
 
 
 def load_checkpoint(path: str | os.PathLike[str] | None = None) -> LoadedModel:
-    """Build the model stored in ``path`` (default: the bundled model), in eval mode, fp32."""
+    """The model stored in ``path`` (default: the bundled model), in eval mode, fp32.
+
+    The network itself is built on first use (:class:`LoadedModel`); a weight
+    that does not fit the architecture raises :class:`CheckpointError` then.
+    """
     path = Path(path) if path is not None else BUNDLED_MODEL
     payload = read_checkpoint(path)
     meta = meta_from_dict(payload.get("meta", {}))
     arch, kwargs = payload["arch"], dict(payload.get("arch_kwargs", {}))
-    model = create_model(arch, num_classes=meta.num_classes, in_chans=meta.in_chans, **kwargs)
     state = {k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()}
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not match {arch}: {str(exc)[:200]}") from exc
-    model.eval()
-    return LoadedModel(model=model, arch=arch, arch_kwargs=kwargs, meta=meta, path=path)
+    return LoadedModel(arch=arch, arch_kwargs=kwargs, meta=meta, path=path, state=state)

@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torchvision
 from torch import Tensor, nn
 
 from mscn_geo.models.gce import GCE
@@ -18,6 +17,8 @@ from mscn_geo.models.registry import register_model
 
 
 def _resnet(name: str, in_chans: int) -> nn.Module:
+    import torchvision  # here, not at import: a cached ONNX graph runs without it (0.9 s)
+
     net = getattr(torchvision.models, name)(weights=None)
     if in_chans != 3:
         net.conv1 = nn.Conv2d(in_chans, 64, kernel_size=7, stride=2, padding=3, bias=False)
