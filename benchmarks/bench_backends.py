@@ -80,7 +80,7 @@ class Candidates:
         t0 = time.perf_counter()
         ort32 = prepare_runner(loaded, cpu, None, backend="onnxruntime")
         self.prepare_s = {"onnxruntime": round(time.perf_counter() - t0, 2)}
-        self.fns["onnxruntime_fp32"] = ort32
+        self.fns["onnxruntime_fp32"] = ort32.normalised
         try:
             t0 = time.perf_counter()
             self.fns["onnxruntime_int8"] = self._int8(ort32, calibration, tmp)
@@ -127,7 +127,7 @@ class Candidates:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = torch.get_num_threads()
         session = ort.InferenceSession(str(q8), opts, providers=["CPUExecutionProvider"])
-        return OnnxRuntimeRunner(session, name, ort32.scale, ort32.shift)
+        return OnnxRuntimeRunner(session, name, ort32.scale, ort32.shift).normalised
 
     def probs(self, name: str, x: torch.Tensor, batch: int) -> torch.Tensor:
         with torch.inference_mode():

@@ -129,14 +129,20 @@ class Normaliser:
         device: torch.device,
         channels_last: bool = False,
         pin_memory: bool | None = None,
+        pixel_units: bool = False,
     ) -> None:
-        """``pin_memory``: stage batches in pinned host memory (default: on for CUDA)."""
+        """``pin_memory``: stage batches in pinned host memory (default: on for CUDA).
+        ``pixel_units``: for a runner that normalises itself (ONNX Runtime): only
+        convert to float32 and put the band mean (in pixel units) where pixels are
+        nodata, which the runner then normalises to 0 like this class would."""
         self.device = device
         self.channels_last = channels_last
+        self.pixel_units = pixel_units
         mean = torch.tensor(meta.mean, dtype=torch.float32).view(1, -1, 1, 1)
         std = torch.tensor(meta.std, dtype=torch.float32).view(1, -1, 1, 1)
         self.scale = (1.0 / (255.0 * std)).to(device)
         self.shift = (-mean / std).to(device)
+        self.mean_pixels = (255.0 * mean).to(device)
         self._pin = device.type == "cuda" if pin_memory is None else pin_memory
 
     def _host(self, arrays: list[np.ndarray], dtype: torch.dtype) -> torch.Tensor:
@@ -154,6 +160,11 @@ class Normaliser:
             pixels: B arrays of (bands, T, T) uint8.
             valid: B arrays of (T, T) bool, or ``None`` when every pixel is valid.
         """
+        if self.pixel_units:  # stacked straight into float32: one pass over the pixels
+            x = self._host(pixels, torch.float32)
+            if valid is not None:
+                x = torch.where(self._host(valid, torch.bool).unsqueeze(1), x, self.mean_pixels)
+            return x.to(self.device)
         x = self._host(pixels, torch.uint8).to(self.device, non_blocking=True)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -176,6 +187,7 @@ class ModelRunner:
     device: torch.device
     amp: torch.dtype | None
     channels_last: bool
+    pixel_input: bool = False  # takes normalised batches
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Logits -> softmax probabilities, float32, still on the device."""
@@ -205,6 +217,10 @@ class DihedralRunner:
     @property
     def channels_last(self) -> bool:
         return self.runner.channels_last
+
+    @property
+    def pixel_input(self) -> bool:
+        return self.runner.pixel_input
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         from mscn_geo.evaluate import dihedral

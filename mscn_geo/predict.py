@@ -162,7 +162,9 @@ def predict_tiles(
     )
     if options.tta:
         runner = DihedralRunner(runner)
-    norm = Normaliser(model.meta, device, channels_last=runner.channels_last)
+    norm = Normaliser(
+        model.meta, device, channels_last=runner.channels_last, pixel_units=runner.pixel_input
+    )
     tiles = list(grid.iter_tiles(start, stop))
     n = len(tiles)
     result = TileResult.empty(tiles, model.meta.num_classes, start)
