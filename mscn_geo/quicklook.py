@@ -145,18 +145,19 @@ def render_quicklook(
             "(add overviews, e.g. gdaladdo, to make it fast)"
         )
     values = class_values(class_names, values)
-    palette = np.zeros((256, 3), np.float32)
-    palette[values] = np.asarray(colours, np.float32)
-    classified = np.isin(classes, values)
-    base = rgb.astype(np.float32)
-    picture = np.where(
-        classified[..., None],
-        (1 - ALPHA) * base + ALPHA * palette[classes],
-        # Not classified: the scene faded towards white, so the map stands out.
-        0.5 * base + 0.5 * 255,
-    )
-    picture[~valid & ~classified] = _NO_SCENE
-    map_image = Image.fromarray(np.rint(picture).astype(np.uint8), "RGB")
+    # Each output colour depends only on (class, scene level, channel): a lookup
+    # table of 256 levels per class gives it, instead of float maths per pixel.
+    slot = np.full(256, len(values), dtype=np.intp)  # raster value -> table row
+    slot[values] = np.arange(len(values))
+    levels = np.arange(256, dtype=np.float32)[:, None]
+    blended = (1 - ALPHA) * levels[None] + ALPHA * np.asarray(colours, np.float32)[:, None, :]
+    # Not classified: the scene faded towards white, so the map stands out.
+    faded = np.broadcast_to(0.5 * levels + 0.5 * 255, (1, 256, 3))
+    table = np.rint(np.concatenate([blended, faded])).astype(np.uint8)  # (classes + 1, 256, 3)
+    slots = slot[classes]
+    picture = table[slots[..., None], rgb, np.arange(3)]
+    picture[~valid & (slots == len(values))] = _NO_SCENE
+    map_image = Image.fromarray(picture, "RGB")
 
     rows = legend_rows(class_names, shares)
     legend_height = 2 * _MARGIN + _TITLE + _ROW * len(rows)

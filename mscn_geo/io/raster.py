@@ -205,6 +205,9 @@ class _CogWriter:
                     overview_resampling=self.resampling.name,
                     overview_count=len(factors),
                     overviews="AUTO" if factors else "NONE",
+                    # Blocks compressed and overviews computed on every core: the
+                    # model is done, the cores are free (8192 px: 0.63 -> 0.34 s).
+                    num_threads="ALL_CPUS",
                 )
         finally:
             _remove_quietly(self._strips)
