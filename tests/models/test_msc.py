@@ -64,6 +64,27 @@ def test_matches_dense_reference_forward_and_backward(hw, kv_hw, k1, k2):
         torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("budget", [40, 300, 5000])
+def test_chunked_passes_match_the_dense_reference(monkeypatch, budget):
+    """Score chunks of part of a map's rows (40, 300) or of several whole maps
+    (5000): forward and every gradient as with the whole score tensor."""
+    import mscn_geo.models.sparse_attention as sparse
+
+    monkeypatch.setattr(sparse, "_CHUNK_ELEMENTS", budget)
+    m = _msc()
+    x = torch.randn(2, 64, 5, 6, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(2, 64, 7, 9, dtype=torch.float64, requires_grad=True)
+    chunks = sparse._chunks(2 * 8, 30, 63)
+    assert len(chunks) > 1
+    out, ref = m(x, y), dense_msc(m, x, y)
+    torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-5)
+    g = torch.randn_like(out)
+    ours = torch.autograd.grad((out * g).sum(), [x, y, *m.parameters()])
+    theirs = torch.autograd.grad((ref * g).sum(), [x, y, *m.parameters()])
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
+
+
 def test_fp32_parity_within_1e4_at_a_real_size():
     m = _msc(dim=128, dtype=torch.float32)
     x, y = torch.randn(2, 128, 7, 7), torch.randn(2, 128, 28, 28)
