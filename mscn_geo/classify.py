@@ -11,6 +11,7 @@ import os
 import time
 from pathlib import Path
 
+from mscn_geo.background import InOrderWorker
 from mscn_geo.device import amp_name
 from mscn_geo.errors import OptionError, OutputError
 from mscn_geo.io.atomic import claim_outputs, remove_stale_temporaries
@@ -141,10 +142,12 @@ def _classify(
             aoi=info.aoi,
         ) as maps:
             if streamed:
-                # The rasters are written strip by strip while the model runs.
-                result, device, amp = predict_tiles(
-                    info, grid, model, options, progress, on_batch=maps.add_record
-                )
+                # The rasters are written strip by strip while the model runs, on
+                # their own thread: the loop goes on with the next batch meanwhile.
+                with InOrderWorker() as writer:
+                    result, device, amp = predict_tiles(
+                        info, grid, model, options, progress, on_batch=writer.wrap(maps.add_record)
+                    )
             else:
                 if journal is None:
                     result, device, amp = predictor(info, grid, model, options, progress)
