@@ -8,13 +8,14 @@ fills, two softmaxes and two matmuls with ``v``.
 
 Here the maths is the same, but:
 
-* one ``topk`` per row gives both thresholds (the smaller top-k set is a prefix
-  of the larger one) and the row maximum;
+* one unsorted ``topk`` per row gives the larger set's threshold and the row
+  maximum, and a second one inside those values only the smaller set's (the
+  smaller top-k set is part of the larger one);
 * the two maps share one ``exp(s - max)``: P1 and P2 differ only in which
   entries they keep and in their normalisers, so ``P = e * (a1 [s >= t_a] / z_a
   + a2 [s >= t_b] / z_b)`` and a single ``P @ v`` follows;
-* no ``-inf`` ever appears (masking is a multiply by 0), so fp16/bf16 never
-  meet ``inf - inf`` and small maps never give NaN;
+* no ``-inf`` ever appears (masking is a multiply by a chunk's 0/1 masks), so
+  fp16/bf16 never meet ``inf - inf`` and small maps never give NaN;
 * query rows are processed in chunks and the backward pass recomputes the
   scores from ``q`` and ``k`` (as flash attention does), so neither pass holds
   more than one chunk of the ``(B, heads, N, N1)`` score tensor.
