@@ -57,7 +57,9 @@ def info(
         print(json.dumps(summary))
         return
     for key, value in summary.items():
-        if isinstance(value, dict):
+        if value is None:
+            value = "-"
+        elif isinstance(value, dict):
             value = ", ".join(f"{k}={v}" for k, v in value.items()) or "-"
         elif isinstance(value, list):
             value = ", ".join(map(str, value)) or "-"
@@ -84,6 +86,10 @@ def _checkpoint_summary(path: Path) -> dict[str, Any]:
         "std": meta.std,
         "tile_size": meta.tile_size,
         "pixel_size_m": meta.pixel_size_m,
+        # How scene values become 0..255 for this model (None: 8-bit used as it is).
+        "scaling": meta.scaling,
+        "scene_bands": meta.scene_bands,
+        "validation_images": len(meta.val_files),
         "training_data": meta.training_data,
         "trained": meta.trained,
         "version": meta.version,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -9,6 +10,8 @@ from pathlib import Path
 
 import pytest
 from mscn_geo_cli.main import main
+
+from mscn_geo.models import load_checkpoint, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -106,6 +109,22 @@ def test_info_checkpoint_and_scene(make_scene, tiny_checkpoint, capsys) -> None:
         and meta["classes"] == ["water", "forest", "urban"]
     )
     assert meta["status"] == "UNTRAINED placeholder" and meta["tile_size"] == 64
+    # What classify applies from the checkpoint: scaling, scene bands, validation list.
+    assert meta["scaling"] is None and meta["scene_bands"] is None
+    assert meta["validation_images"] == 0
+    loaded = load_checkpoint(tiny_checkpoint)
+    scaled = dataclasses.replace(
+        loaded.meta,
+        scaling={"method": "fixed", "low": [0.0] * 3, "high": [4000.0] * 3},
+        scene_bands=[4, 3, 2],
+        val_files=["water/a.tif", "forest/b.tif"],
+    )
+    other = tiny_checkpoint.parent / "scaled.pt"
+    save_checkpoint(other, loaded.model, loaded.arch, scaled, arch_kwargs=loaded.arch_kwargs)
+    code, stdout, _ = cli(capsys, "info", other, "--json")
+    meta = json.loads(stdout)
+    assert code == 0 and meta["scaling"]["high"] == [4000.0] * 3
+    assert meta["scene_bands"] == [4, 3, 2] and meta["validation_images"] == 2
     scene = make_scene(200, 130, nodata_cols=70)
     code, stdout, _ = cli(capsys, "info", scene, "-m", tiny_checkpoint, "--json")
     plan = json.loads(stdout)
