@@ -168,7 +168,13 @@ def _classify(
         if options.stac:  # last: it lists the outputs written
             written = {k: paths[k] for k in names if k != "stac" and tmp[k].exists()}
             item = build_stac_item(
-                scene, info, meta, written, paths["stac"], model_label=model.label
+                scene,
+                info,
+                meta,
+                written,
+                paths["stac"],
+                model_label=model.label,
+                min_confidence=options.min_confidence,
             )
             write_stac_item(tmp["stac"], item)
         if journal is not None:

@@ -86,20 +86,18 @@ def _wgs84(info: SceneInfo, footprint: dict[str, Any]) -> dict[str, Any]:
     return geometry
 
 
-def _classes(meta: ModelMeta) -> list[Classification]:
-    from mscn_geo.io.styles import class_colours
+def _classes(meta: ModelMeta, min_confidence: float | None) -> list[Classification]:
+    from mscn_geo.map_writer import map_legend
 
     classes = [
         Classification.create(
-            value=i,
+            value=value,
             # Names are identifiers in classification v2 ([0-9A-Za-z-_]); the title keeps the text.
             name=re.sub(r"[^0-9A-Za-z_-]+", "_", name),
             title=name,
             color_hint="".join(f"{c:02X}" for c in colour),
         )
-        for i, (name, colour) in enumerate(
-            zip(meta.class_names, class_colours(meta.class_names), strict=True)
-        )
+        for value, name, colour in map_legend(meta.class_names, min_confidence)
     ]
     classes.append(Classification.create(value=NODATA_CLASS, name="nodata", nodata=True))
     return classes
@@ -128,6 +126,7 @@ def build_stac_item(
     *,
     model_label: str = "",
     datetime: dt.datetime | None = None,
+    min_confidence: float | None = None,
 ) -> pystac.Item:
     """A STAC Item of the ``outputs`` of ``scene`` (keys of :data:`ASSETS`), saved at ``item_path``.
 
@@ -136,6 +135,8 @@ def build_stac_item(
         outputs: final paths of the outputs written (the Item may be written
             before they are renamed into place: nothing is checked on disk).
         datetime: the Item's datetime; default: the scene's TIFF date tag, else now.
+        min_confidence: classify's option: when set, the rasters also hold
+            ``uncertain`` (254), listed with the classes.
     """
     footprint = _footprint(info)
     if info.crs is not None:
@@ -178,7 +179,7 @@ def build_stac_item(
         )
         item.add_asset(asset_key, asset)
         if key in _CLASSIFIED:
-            ClassificationExtension.ext(asset).classes = _classes(meta)
+            ClassificationExtension.ext(asset).classes = _classes(meta, min_confidence)
     item.make_asset_hrefs_relative()
     return item
 

@@ -150,3 +150,19 @@ def test_core_validation_catches_a_broken_item(make_scene, tmp_path, no_network)
     item |= {"geometry": {"type": "Point", "coordinates": [0, 0]}, "properties": {"datetime": None}}
     with pytest.raises(pystac.errors.STACValidationError):
         JsonSchemaSTACValidator().validate_core(item, pystac.STACObjectType.ITEM, "1.1.0")
+
+
+def test_uncertain_is_listed_when_classify_can_write_it(
+    make_scene, tiny_checkpoint, tmp_path, capsys, no_network
+):
+    scene = make_scene(4 * 64, 3 * 64)
+    out = tmp_path / "out"
+    args = ["classify", str(scene), "-m", str(tiny_checkpoint), "-o", str(out), "--device", "cpu"]
+    # A threshold no tile reaches: every classified pixel becomes uncertain.
+    assert main([*args, "--stac", "--min-confidence", "0.99", "--quiet"]) == 0
+    data = json.loads((out / "scene.stac.json").read_text())
+    classes = data["assets"]["classes"]["classification:classes"]
+    assert [(c["value"], c["name"]) for c in classes[-2:]] == [(254, "uncertain"), (255, "nodata")]
+    with rasterio.open(out / "scene_classes.tif") as ds:
+        values = {int(v) for v in set(ds.read(1).ravel())}
+    assert 254 in values and values <= {c["value"] for c in classes}
