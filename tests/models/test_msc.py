@@ -29,6 +29,18 @@ def _msc(dim: int = 64, k1: int = 2, k2: int = 6, dtype=torch.float64) -> MSC:
     return m
 
 
+def _assert_matches_dense(m: MSC, x: torch.Tensor, y: torch.Tensor) -> None:
+    """Output and every gradient (inputs, parameters) equal the dense reference's."""
+    out, ref = m(x, y), dense_msc(m, x, y)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-5)
+    g = torch.randn_like(out)
+    ours = torch.autograd.grad((out * g).sum(), [x, y, *m.parameters()])
+    theirs = torch.autograd.grad((ref * g).sum(), [x, y, *m.parameters()])
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize(
     ("hw", "kv_hw"), [((7, 7), (28, 28)), ((5, 9), (11, 13)), ((3, 2), (4, 7))]
 )
@@ -54,35 +66,21 @@ def test_matches_dense_reference_forward_and_backward(hw, kv_hw, k1, k2):
     m = _msc(k1=k1, k2=k2)
     x = torch.randn(2, 64, *hw, dtype=torch.float64, requires_grad=True)
     y = torch.randn(2, 64, *kv_hw, dtype=torch.float64, requires_grad=True)
-    out, ref = m(x, y), dense_msc(m, x, y)
-    assert torch.isfinite(out).all()
-    torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-5)
-    g = torch.randn_like(out)
-    ours = torch.autograd.grad((out * g).sum(), [x, y, *m.parameters()])
-    theirs = torch.autograd.grad((ref * g).sum(), [x, y, *m.parameters()])
-    for a, b in zip(ours, theirs, strict=True):
-        torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
+    _assert_matches_dense(m, x, y)
 
 
 @pytest.mark.parametrize("budget", [40, 300, 5000])
 def test_chunked_passes_match_the_dense_reference(monkeypatch, budget):
     """Score chunks of part of a map's rows (40, 300) or of several whole maps
-    (5000): forward and every gradient as with the whole score tensor."""
+    (5000; 16 maps of 30 x 63 scores): forward and every gradient as with the
+    whole score tensor."""
     import mscn_geo.models.sparse_attention as sparse
 
     monkeypatch.setattr(sparse, "_CHUNK_ELEMENTS", budget)
     m = _msc()
     x = torch.randn(2, 64, 5, 6, dtype=torch.float64, requires_grad=True)
     y = torch.randn(2, 64, 7, 9, dtype=torch.float64, requires_grad=True)
-    chunks = sparse._chunks(2 * 8, 30, 63)
-    assert len(chunks) > 1
-    out, ref = m(x, y), dense_msc(m, x, y)
-    torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-5)
-    g = torch.randn_like(out)
-    ours = torch.autograd.grad((out * g).sum(), [x, y, *m.parameters()])
-    theirs = torch.autograd.grad((ref * g).sum(), [x, y, *m.parameters()])
-    for a, b in zip(ours, theirs, strict=True):
-        torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
+    _assert_matches_dense(m, x, y)
 
 
 def test_fp32_parity_within_1e4_at_a_real_size():
