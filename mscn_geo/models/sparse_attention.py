@@ -54,30 +54,34 @@ def _scores(q: Tensor, k: Tensor) -> Tensor:
     return torch.matmul(q, k.transpose(-2, -1)).float()
 
 
+def _top_sets(s: Tensor, k_a: int, k_b: int) -> tuple[Tensor, Tensor]:
+    """Unsorted values of the ``k_a`` and of the ``k_b`` largest scores of each row.
+
+    One unsorted ``topk`` of the larger k over the row; the smaller set is
+    selected among those values only (it is part of the larger one). Both are
+    faster than sorted selections or ``kthvalue`` (ONNX Runtime's sorted TopK was
+    30 % of the exported graph's time), and plain operators, so the fused path
+    and the exported graph share them.
+    """
+    k_big, k_small = max(k_a, k_b), min(k_a, k_b)
+    big = torch.topk(s, k_big, dim=-1, sorted=False).values
+    small = big if k_small == k_big else torch.topk(big, k_small, dim=-1, sorted=False).values
+    return (big, small) if k_a >= k_b else (small, big)
+
+
 def _row_stats(s: Tensor, k_a: int, k_b: int) -> Tensor:
     """(5, ..., 1): row max, the k_a-th and k_b-th largest scores, and the two normalisers.
 
-    One unsorted ``topk`` of the larger k gives the row max and its threshold;
-    a second, inside those values only, gives the other threshold (faster than
-    ``kthvalue`` there). The normalisers ``z = sum(exp(s - max))`` over each kept
-    set come from the top values alone; :func:`_fix_ties` corrects them where a
-    tie at a threshold keeps more than k entries (fp16 scores, repeated keys).
+    The thresholds are the minima of :func:`_top_sets`, the row max their
+    maximum. The normalisers ``z = sum(exp(s - max))`` over each kept set come
+    from the top values alone; :func:`_fix_ties` corrects them where a tie at a
+    threshold keeps more than k entries (fp16 scores, repeated keys).
     """
-    k_big, k_small = max(k_a, k_b), min(k_a, k_b)
-    top = torch.topk(s, k_big, dim=-1, sorted=False).values
-    m = top.amax(-1, keepdim=True)
-    t_big = top.amin(-1, keepdim=True)
-    e_top = torch.exp(top - m)
-    z_big = e_top.sum(-1, keepdim=True)
-    if k_small == k_big:
-        t_small, z_small = t_big, z_big
-    else:
-        small = torch.topk(top, k_small, dim=-1, sorted=False).values
-        t_small = small.amin(-1, keepdim=True)
-        z_small = torch.exp(small - m).sum(-1, keepdim=True)
-    if k_a >= k_b:
-        return torch.stack((m, t_big, t_small, z_big, z_small))
-    return torch.stack((m, t_small, t_big, z_small, z_big))
+    top_a, top_b = _top_sets(s, k_a, k_b)
+    m = top_a.amax(-1, keepdim=True)
+    z_a = torch.exp(top_a - m).sum(-1, keepdim=True)
+    z_b = z_a if top_b is top_a else torch.exp(top_b - m).sum(-1, keepdim=True)
+    return torch.stack((m, top_a.amin(-1, keepdim=True), top_b.amin(-1, keepdim=True), z_a, z_b))
 
 
 # The keep-masks are 0/1 floats and masking is a multiply: on CPU torch.where
@@ -256,19 +260,9 @@ def dense_dual_topk_attention(
     ``k_a`` and ``k_b`` must already be in 1..N1.
     """
     s = torch.matmul(q * scale, k.transpose(-2, -1))
-    # Unsorted selections give the same thresholds as a sorted top-k at under half
-    # the cost (ONNX Runtime's sorted TopK was 30 % of the whole graph's time):
-    # the larger set's minimum is its threshold, and the smaller set's threshold
-    # is selected among the larger set's values only.
-    k_big, k_small = max(k_a, k_b), min(k_a, k_b)
-    top = torch.topk(s, k_big, dim=-1, sorted=False).values
-    t_big = top.amin(-1, keepdim=True)
-    if k_small == k_big:
-        t_small = t_big
-    else:
-        t_small = torch.topk(top, k_small, dim=-1, sorted=False).values.amin(-1, keepdim=True)
-    t_a, t_b = (t_big, t_small) if k_a >= k_b else (t_small, t_big)
-    e = torch.exp(s - top.amax(-1, keepdim=True))
+    top_a, top_b = _top_sets(s, k_a, k_b)
+    t_a, t_b = top_a.amin(-1, keepdim=True), top_b.amin(-1, keepdim=True)
+    e = torch.exp(s - top_a.amax(-1, keepdim=True))
     e_a = e * (s >= t_a).to(e.dtype)
     e_b = e * (s >= t_b).to(e.dtype)
     p = e_a * (a1 / e_a.sum(-1, keepdim=True)) + e_b * (a2 / e_b.sum(-1, keepdim=True))
