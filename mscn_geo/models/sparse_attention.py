@@ -29,19 +29,27 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-# Score-chunk budget in elements (float32): 1 M elements = 4 MB per temporary, so a
-# chunk's few temporaries stay in a 32 MB L3 (faster than 2 M on the 2-core VM).
+# Score-chunk budgets in elements (float32). CPU: 1 M elements = 4 MB per temporary,
+# so a chunk's few temporaries stay in a 32 MB L3 (faster than 2 M on the 2-core VM).
+# CUDA: 64 M elements = 256 MB per temporary (about 2 GB for the backward's
+# temporaries): with the CPU's budget a batch became hundreds of small kernels
+# and the fused path ran 4-5x slower than the dense reference on an H200
+# (benchmarks/results/msc_cuda.json).
 _CHUNK_ELEMENTS = 1 << 20
+_CUDA_CHUNK_ELEMENTS = 1 << 26
 
 
-def _chunks(batch_heads: int, n_queries: int, n_keys: int) -> list[tuple[slice, slice]]:
+def _chunks(
+    batch_heads: int, n_queries: int, n_keys: int, device: torch.device
+) -> list[tuple[slice, slice]]:
     """(batch-head, query-row) slices covering the score tensor in budget-sized chunks.
 
     Whole (batch, head) maps are grouped first, so each chunk reads only its
     own keys and values; rows are split only when one map exceeds the budget.
     """
-    rows = max(1, min(n_queries, _CHUNK_ELEMENTS // max(1, n_keys)))
-    maps = max(1, _CHUNK_ELEMENTS // (rows * n_keys))
+    budget = _CUDA_CHUNK_ELEMENTS if device.type == "cuda" else _CHUNK_ELEMENTS
+    rows = max(1, min(n_queries, budget // max(1, n_keys)))
+    maps = max(1, budget // (rows * n_keys))
     return [
         (slice(b, min(batch_heads, b + maps)), slice(r, min(n_queries, r + rows)))
         for b in range(0, batch_heads, maps)
@@ -93,7 +101,9 @@ def _row_stats(s: Tensor, k_a: int, k_b: int) -> Tensor:
 def _fix_ties(stats: Tensor, e: Tensor, keep_a: Tensor, keep_b: Tensor, k_a: int, k_b: int) -> None:
     """Recompute, in ``stats``, the normalisers of rows whose kept sets hold tied extras."""
     ties = (keep_a.sum(-1, keepdim=True) != k_a) | (keep_b.sum(-1, keepdim=True) != k_b)
-    if bool(ties.any()):
+    # On CUDA asking whether any row ties would wait for the GPU at every chunk (the
+    # host could not queue the next batch meanwhile): there the sums are always taken.
+    if e.is_cuda or bool(ties.any()):
         stats[3] = torch.where(ties, _masked_sum(e, keep_a), stats[3])
         stats[4] = torch.where(ties, _masked_sum(e, keep_b), stats[4])
 
@@ -133,7 +143,7 @@ class _DualTopKAttention(torch.autograd.Function):
         out = torch.empty_like(q, dtype=v.dtype)
         stats = torch.empty(5, bh, n, 1, device=q.device, dtype=torch.float32)
         a1f, a2f = a1.float(), a2.float()
-        for maps, rows in _chunks(bh, n, k.shape[1]):
+        for maps, rows in _chunks(bh, n, k.shape[1], q.device):
             s = _scores(q[maps, rows], k[maps])
             chunk_stats = _row_stats(s, k_a, k_b)
             e, keep_a, keep_b = _exp_and_masks(s, chunk_stats)
@@ -150,7 +160,7 @@ class _DualTopKAttention(torch.autograd.Function):
     def backward(ctx, grad_out: Tensor):  # type: ignore[override]
         q, k, v, a1, a2, stats = ctx.saved_tensors
         bh, n, _ = q.shape
-        chunks = _chunks(bh, n, k.shape[1])
+        chunks = _chunks(bh, n, k.shape[1], q.device)
         # When every chunk holds whole maps, each map's key and value gradients
         # come from one chunk: written once, not zero-filled and accumulated.
         whole = chunks[0][1].stop - chunks[0][1].start == n

@@ -83,6 +83,20 @@ def test_chunked_passes_match_the_dense_reference(monkeypatch, budget):
     _assert_matches_dense(m, x, y)
 
 
+def test_chunks_cover_the_scores_once_with_a_bigger_budget_on_cuda():
+    """A batch of 128 tiles (1,024 maps of 196 x 3,136 scores): one map per chunk on
+    the CPU (L3-sized), 106 maps per chunk on CUDA (few large kernels)."""
+    from mscn_geo.models.sparse_attention import _chunks
+
+    for device, count in (("cpu", 1024), ("cuda", 10)):
+        chunks = _chunks(1024, 196, 3136, torch.device(device))
+        assert len(chunks) == count
+        covered = torch.zeros(1024, 196, dtype=torch.int32)
+        for maps, rows in chunks:
+            covered[maps, rows] += 1
+        assert bool((covered == 1).all())
+
+
 def test_fp32_parity_within_1e4_at_a_real_size():
     m = _msc(dim=128, dtype=torch.float32)
     x, y = torch.randn(2, 128, 7, 7), torch.randn(2, 128, 28, 28)
