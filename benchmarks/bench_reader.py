@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import finish, machine, write_scene
+from _common import finish, machine, random_model, write_scene
 
 H100_BF16_DENSE_FLOPS = 989e12  # H100 SXM, dense bf16 tensor-core peak (NVIDIA data sheet)
 
@@ -135,9 +135,7 @@ def one_file(path: Path, windows: list[Any], args: argparse.Namespace) -> dict[s
 def model_flops(tile: int) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
-    from mscn_geo.models import load_checkpoint
-
-    model = load_checkpoint().model.eval()
+    model = random_model(tile_size=tile).model.eval()  # FLOPs do not depend on the weights
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
         model(torch.randn(1, 3, tile, tile))
     return float(counter.get_total_flops())

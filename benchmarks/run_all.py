@@ -50,6 +50,8 @@ def plan(device: str, quick: bool, extra: bool = False) -> list[tuple[str, str, 
             ("pipeline_cuda_compile", "bench_pipeline.py", [*gpu, "--size", "16384", "--compile"]),
             ("scale_cuda", "bench_scale.py", [*gpu, "--model", "resnet18"]),
             ("torchgeo_cuda", "bench_torchgeo.py", [*gpu, "--size", "16384"]),
+            # The library's whole training run, bf16 autocast and fp32.
+            ("train_cuda", "bench_train.py", ["--device", device]),
         ]
     else:
         cpu = ["--device", "cpu"]

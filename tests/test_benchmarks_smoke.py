@@ -157,3 +157,19 @@ def test_quicklook_smoke(bench, tmp_path: Path) -> None:
     assert run["png_size"] == [600 + 300, 600]  # not enlarged, plus the legend panel
     assert run["seconds"] > 0 and 50 < run["peak_rss_mb"] < 8192
     assert run["warnings"] == []
+
+
+def test_train_smoke(bench, tmp_path: Path) -> None:
+    out = tmp_path / "train.json"
+    result = bench("bench_train").main(
+        ["--classes", "3", "--per-class", "10", "--size", "32", "--batch-size", "4",
+         "--epochs", "2", "--arch", "resnet18", "--out", str(out)]
+    )  # fmt: skip
+    check_machine(result)
+    assert json.loads(out.read_text())["runs"] == result["runs"]
+    assert [r["amp"] for r in result["runs"]] == [True, False]
+    for run in result["runs"]:
+        # 30 chips, 20 % validation per class: 24 training chips = 6 steps of 4.
+        assert run["steps_per_epoch"] == 6
+        assert len(run["per_epoch_images_per_s"]) == 1 and run["train_images_per_s"] > 0
+        assert 0 <= run["best_val_oa"] <= 1
