@@ -18,6 +18,7 @@ import rasterio
 from PIL import Image, ImageDraw, ImageFont
 from rasterio.enums import Resampling
 
+from mscn_geo.io.decimated import read_decimated
 from mscn_geo.io.styles import class_values
 from mscn_geo.reader import SceneInfo, to_model_range, validity
 from mscn_geo.remote import scene_name
@@ -85,10 +86,10 @@ def _scene_rgb(info: SceneInfo, shape: tuple[int, int]) -> tuple[np.ndarray, np.
     bands = list(info.band_indexes)
     with rasterio.open(info.path) as ds:
         has_overviews = bool(ds.overviews(bands[0])) or max(ds.width, ds.height) <= max(shape)
-        data = ds.read(bands, out_shape=(len(bands), *shape), resampling=Resampling.average)
-        masks = None
-        if not info.nodata_from_value:
-            masks = ds.read_masks(bands, out_shape=(len(bands), *shape))
+    data = read_decimated(info.path, bands, shape, Resampling.average)
+    masks = None
+    if not info.nodata_from_value:
+        masks = read_decimated(info.path, bands, shape, Resampling.nearest, masks=True)
     valid = validity(info, data, masks)
     pixels = to_model_range(info, data)
     if pixels.dtype != np.uint8:
