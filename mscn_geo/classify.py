@@ -163,7 +163,9 @@ def _classify(
         k = meta.num_classes
         extra = list(zip(classes[k:], colours[k:], strict=True))  # uncertain
         write_tiles_gpkg(tmp["gpkg"], frame, meta.class_names, colours[:k], extra_classes=extra)
-        products = write_map_products(tmp, info, maps.cell_map(), classes, colours, values)
+        products = write_map_products(
+            tmp, info, maps.cell_map(), classes, colours, maps.areas, values
+        )
         warnings.extend(products.warnings)
         if options.stac:  # last: it lists the outputs written
             written = {k: paths[k] for k in names if k != "stac" and tmp[k].exists()}

@@ -26,7 +26,7 @@ per strip, and only when the scene has nodata at all.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from rasterio.enums import MaskFlags
 from rasterio.windows import Window
 
 from mscn_geo.aggregate import DEFAULT_WEIGHTING, CellGrid, OverlapAggregator
+from mscn_geo.areas import AreaTally
 from mscn_geo.reader import SceneInfo, cap_block_cache, validity
 from mscn_geo.tiling import Tile, TileGrid
 from mscn_geo.uncertainty import (
@@ -155,8 +156,9 @@ class MapWriter:
         aoi: an :class:`~mscn_geo.aoi.Aoi`: pixels outside it are nodata.
 
     Use as a context manager; :meth:`add` per batch, in grid order. On a clean
-    exit every tile must have been added; ``pixel_counts`` then holds the
-    number of pixels per raster value (256 entries).
+    exit every tile must have been added; ``areas`` then holds the pixel
+    counts and areas per raster value, tallied from the strips as they were
+    written (the class raster is not read back).
     """
 
     info: SceneInfo
@@ -168,11 +170,11 @@ class MapWriter:
     min_confidence: float | None = None
     tile_masks: bool = False
     aoi: Any = None
-    pixel_counts: np.ndarray = field(default_factory=lambda: np.zeros(256, np.int64))
 
     def __post_init__(self) -> None:
         self.aggregator = OverlapAggregator(self.grid, len(self.class_names), self.weighting)
         self.cells: CellGrid = self.aggregator.cells
+        self.areas = AreaTally(self.info.transform, self.info.crs, self.info.width)
         # The cell grid's classes and confidences (a byte and a float per cell) for
         # the land-use layer: small whatever the scene size.
         self._cell_labels: list[np.ndarray] = []
@@ -268,7 +270,7 @@ class MapWriter:
         if valid is not None:
             pixels[~valid] = NODATA_CLASS
         self._class_writer.write(Window(0, y0, self.info.width, y1 - y0), pixels)
-        self.pixel_counts += np.bincount(pixels.ravel(), minlength=256)
+        self.areas.add(y0, pixels)
         if self._probs_writer is not None:
             self._probs_writer.write(Window(0, row0, probs.shape[1], probs.shape[0]), probs)
         self._cell_labels.append(labels)
@@ -320,4 +322,5 @@ class MapWriter:
     def counts_by_name(self) -> dict[str, int]:
         """Pixels per class name (``uncertain`` included when on), nodata excluded."""
         legend = map_legend(self.class_names, self.min_confidence)
-        return {name: int(self.pixel_counts[value]) for value, name, _ in legend}
+        counts = self.areas.pixel_counts
+        return {name: int(counts[value]) for value, name, _ in legend}

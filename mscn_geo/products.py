@@ -20,7 +20,7 @@ from pathlib import Path
 import affine
 import numpy as np
 
-from mscn_geo.areas import SceneAreas, raster_areas, write_areas_csv
+from mscn_geo.areas import AreaTally, SceneAreas, write_areas_csv
 from mscn_geo.io.vector import write_landuse_layer
 from mscn_geo.landuse import NODATA_CELL, landuse_frame, scene_footprint
 from mscn_geo.quicklook import render_quicklook
@@ -63,18 +63,22 @@ def write_map_products(
     cells: CellMap,
     class_names: Sequence[str],
     colours: Sequence[tuple[int, int, int]],
+    tally: AreaTally,
     values: Sequence[int] | None = None,
 ) -> MapProducts:
     """Write the land-use layer, the areas CSV and (when in ``paths``) the quicklook.
 
     Args:
-        paths: ``raster`` (the finished class raster, read), ``gpkg`` (the layer
-            is added), ``areas`` and optionally ``quicklook`` (written).
+        paths: ``raster`` (the finished class raster, read by the quicklook),
+            ``gpkg`` (the layer is added), ``areas`` and optionally ``quicklook``
+            (written).
         info: the scene; ``info.aoi`` cuts the cells and polygons.
         cells: the map's cells (cells outside the AOI are set to nodata here).
+        tally: the class raster's pixels, tallied as it was written
+            (:attr:`~mscn_geo.map_writer.MapWriter.areas`).
         values: raster value of each class (default ``0, 1, ...``).
     """
-    areas = raster_areas(paths["raster"], class_names, values)
+    areas = tally.result(class_names, values)
     write_areas_csv(paths["areas"], areas)
 
     clip = scene_footprint(info.transform, info.width, info.height)

@@ -124,3 +124,14 @@ def test_bad_stride_and_double_reports() -> None:
     agg.add(0, 1, None)
     with pytest.raises(ValueError, match="twice"):
         agg.add(0, 0, None)
+
+
+@pytest.mark.parametrize("extra", [(), (3,)])
+def test_paint_gives_each_pixel_its_cells_value(extra):
+    """Cell rows from the 4th, a last row cut by the scene's height, a last column
+    cut by its width, per-cell vectors too: pixel (y, x) gets cell (y // S, x // S)."""
+    cells = CellGrid(width=203, height=150, size=16)
+    values = np.random.default_rng(0).integers(0, 250, (7, 13, *extra)).astype(np.uint8)
+    painted = cells.paint(values, 3)  # cell rows 3..9: pixel rows 48..150
+    y, x = np.mgrid[48:150, 0:203]
+    np.testing.assert_array_equal(painted, values[y // 16 - 3, x // 16])

@@ -105,6 +105,31 @@ def test_aoi_in_another_crs(make_scene, tiny_checkpoint, tmp_path, capsys) -> No
     assert shapely.union_all(landuse.geometry.values).symmetric_difference(aoi_utm).area < 1.0
 
 
+@pytest.mark.parametrize("crs", ["EPSG:32633", "EPSG:4326"])
+def test_areas_tallied_while_writing_equal_the_raster_read_back(
+    make_scene, tiny_checkpoint, tmp_path, capsys, crs
+) -> None:
+    """The areas come from the strips as they are written: they must be the
+    written raster's, pixel for pixel (nodata columns, AOI cut, geodesic rows)."""
+    from mscn_geo.areas import raster_areas
+
+    scene = make_scene(256, 192, crs=crs, nodata_cols=40)
+    with rasterio.open(scene) as ds:
+        left, bottom, right, top = ds.bounds
+    aoi = box(left, bottom, left + 0.7 * (right - left), top - 0.2 * (top - bottom))
+    aoi_file = tmp_path / "aoi.geojson"
+    geopandas.GeoDataFrame(geometry=[aoi], crs=crs).to_file(aoi_file)
+    code, summary, err = classify_json(
+        capsys, scene, tiny_checkpoint, tmp_path / "out", "--aoi", aoi_file, "--stride", "32"
+    )
+    assert code == 0, err
+    read_back = raster_areas(Path(summary["outputs"]["raster"]), TINY_CLASSES).to_dict()
+    assert summary["areas"]["method"] == ("geodesic" if crs == "EPSG:4326" else "planar")
+    assert summary["areas"]["valid_pixels"] == read_back["valid_pixels"] > 0
+    assert summary["areas"]["classes"] == read_back["classes"]  # pixels, m2, ha, shares
+    assert sum(c["pixels"] for c in read_back["classes"].values()) == read_back["valid_pixels"]
+
+
 @pytest.mark.parametrize(
     ("make", "message"),
     [

@@ -64,7 +64,7 @@ def test_nodata_pixels_are_nodata_whatever_the_class(make_scene, tiny_model, tmp
         raster = ds.read(1)
     assert (raster[:, :70] == 255).all()
     assert (raster[:, 70:] != 255).all()
-    assert writer.pixel_counts[255] == 70 * 130
+    assert writer.areas.pixel_counts[255] == 70 * 130
     assert sum(writer.counts_by_name().values()) == 130 * 130
     with rasterio.open(tmp_path / "p.tif") as ds:
         probs = ds.read()

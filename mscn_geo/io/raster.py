@@ -137,9 +137,12 @@ class _CogWriter:
             "tiled": True,
             "blockxsize": BLOCK_SIZE,
             "blockysize": BLOCK_SIZE,
-            # Read once by the COG copy: fast compression, just to keep it small.
-            "compress": "deflate",
-            "zlevel": 1,
+            # Read once by the COG copy: the fastest compression, just to keep it
+            # small. Zstandard level 1 wrote class strips 4x faster than deflate
+            # level 1 (and smaller); on a GPU host deflate took 5 of a 30,000 px
+            # scene's 27 s.
+            "compress": "zstd",
+            "zstd_level": 1,
             "bigtiff": "IF_SAFER",
             "interleave": "band",
         }
