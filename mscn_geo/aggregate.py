@@ -130,13 +130,22 @@ class CellGrid:
         wide = np.repeat(cells, self.size, axis=1)[:, : self.width]
         return np.repeat(wide, self.size, axis=0)[: y1 - y0]
 
-    def any_per_cell(self, pixels: np.ndarray, cell_row0: int) -> np.ndarray:
-        """(rows, cols) bool: cells with at least one True pixel in ``pixels`` (y1-y0, width)."""
-        y0, _ = self.pixel_rows(cell_row0, cell_row0)
-        starts_y = np.arange(cell_row0 * self.size, y0 + pixels.shape[0], self.size) - y0
+    def pixels_per_cell(
+        self, cell_row0: int, cell_rows: int, valid: np.ndarray | None = None
+    ) -> np.ndarray:
+        """(cell_rows, cols) int64: scene pixels of each cell, or its True pixels in ``valid``
+        ((y1 - y0, width) bool over the cell rows' pixel rows)."""
+        y0, y1 = self.pixel_rows(cell_row0, cell_row0 + cell_rows)
+        starts_y = np.arange(y0, y1, self.size)
         starts_x = np.arange(0, self.width, self.size)
-        per_row = np.logical_or.reduceat(pixels, starts_y, axis=0)
-        return np.logical_or.reduceat(per_row, starts_x, axis=1)
+        if valid is None:
+            heights = np.diff(np.append(starts_y, y1))
+            widths = np.diff(np.append(starts_x, self.width))
+            return np.outer(heights, widths).astype(np.int64)
+        # Rows first in uint16 (a cell is at most 65,535 px high) on the bytes of
+        # the mask: twice as fast as summing the bools into int64.
+        per_row = np.add.reduceat(valid.view(np.uint8), starts_y - y0, axis=0, dtype=np.uint16)
+        return np.add.reduceat(per_row, starts_x, axis=1, dtype=np.int64)
 
 
 @dataclass

@@ -172,13 +172,10 @@ class AreaTally:
         if strip.ndim != 2 or strip.shape[1] != self.width or strip.dtype != np.uint8:
             raise ValueError(f"strip {strip.dtype} {strip.shape} is not uint8 (rows, {self.width})")
         rows = strip.shape[0]
-        if self.method != "geodesic":  # every pixel has the same area
+        if self.uniform:
             # torch counts uint8 as it is (numpy first widens to int64): 5x faster.
             flat = torch.from_numpy(np.ascontiguousarray(strip)).view(-1)
-            counts = torch.bincount(flat, minlength=256).numpy()
-            self._pixels += counts
-            if self._pixel_m2 is not None:
-                self._m2 += counts * self._pixel_m2
+            self.add_counts(torch.bincount(flat, minlength=256).numpy())
             return
         # One bincount for every (row, value) pair: row r's values land in bins r*256 + v.
         offsets = np.arange(rows, dtype=np.int64)[:, None] * 256
@@ -189,6 +186,19 @@ class AreaTally:
         # (taken at the middle column, exact for north-up rasters).
         per_row = _row_pixel_areas(self.transform, self._proj, at, self.width // 2)
         self._m2 += (by_row * per_row[:, None]).sum(axis=0)
+
+    @property
+    def uniform(self) -> bool:
+        """Every pixel has the same area (not geodesic): counts alone give the areas."""
+        return self.method != "geodesic"
+
+    def add_counts(self, counts: np.ndarray) -> None:
+        """Add (256,) pixel counts per raster value (only where :attr:`uniform`)."""
+        if not self.uniform:
+            raise ValueError("geodesic areas need the pixels' rows: use add()")
+        self._pixels += counts
+        if self._pixel_m2 is not None:
+            self._m2 += counts * self._pixel_m2
 
     @property
     def pixel_counts(self) -> np.ndarray:

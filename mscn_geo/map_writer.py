@@ -262,15 +262,25 @@ class MapWriter:
                 self.info.transform @ Affine.translation(0, y0), (y1 - y0, self.info.width)
             )
             valid = inside if valid is None else valid & inside
+        if valid is not None and valid.all():  # most strips: skip the masking below
+            valid = None
+        per_cell = self.cells.pixels_per_cell(row0, probs.shape[0], valid)  # valid pixels
         if valid is not None:
-            cell_valid = self.cells.any_per_cell(valid, row0)
-            probs[~cell_valid] = np.nan
+            probs[per_cell == 0] = np.nan
         labels = label(probs, self.min_confidence)
         pixels = self.cells.paint(labels, row0)
         if valid is not None:
             pixels[~valid] = NODATA_CLASS
         self._class_writer.write(Window(0, y0, self.info.width, y1 - y0), pixels)
-        self.areas.add(y0, pixels)
+        if self.areas.uniform:
+            # Counted per cell (its label, its valid pixels) instead of per pixel: the
+            # same counts as the strip's, at 1/S^2 of the work.
+            counts = np.bincount(labels.ravel(), per_cell.ravel(), minlength=256)
+            counts = counts.astype(np.int64)
+            counts[NODATA_CLASS] += pixels.size - int(per_cell.sum())
+            self.areas.add_counts(counts)
+        else:
+            self.areas.add(y0, pixels)
         if self._probs_writer is not None:
             self._probs_writer.write(Window(0, row0, probs.shape[1], probs.shape[0]), probs)
         self._cell_labels.append(labels)

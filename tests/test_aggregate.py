@@ -135,3 +135,19 @@ def test_paint_gives_each_pixel_its_cells_value(extra):
     painted = cells.paint(values, 3)  # cell rows 3..9: pixel rows 48..150
     y, x = np.mgrid[48:150, 0:203]
     np.testing.assert_array_equal(painted, values[y // 16 - 3, x // 16])
+
+
+def test_pixels_per_cell_counts_each_cells_pixels():
+    """Edge cells (the scene's last rows and columns) are smaller; with a mask only
+    its True pixels count."""
+    cells = CellGrid(width=203, height=150, size=16)
+    whole = cells.pixels_per_cell(8, 2)  # cell rows 8..9: pixel rows 128..150
+    assert whole.shape == (2, 13)
+    assert whole[0, 0] == 256 and whole[1, 0] == 16 * 6 and whole[0, -1] == 16 * 11
+    assert whole[1, -1] == 6 * 11 and whole.sum() == 22 * 203
+    valid = np.random.default_rng(1).random((22, 203)) < 0.7
+    got = cells.pixels_per_cell(8, 2, valid)
+    y, x = np.mgrid[0:22, 0:203]
+    want = np.zeros((2, 13), np.int64)
+    np.add.at(want, (y[valid] // 16, x[valid] // 16), 1)
+    np.testing.assert_array_equal(got, want)

@@ -105,25 +105,29 @@ def test_aoi_in_another_crs(make_scene, tiny_checkpoint, tmp_path, capsys) -> No
     assert shapely.union_all(landuse.geometry.values).symmetric_difference(aoi_utm).area < 1.0
 
 
+@pytest.mark.parametrize("cut", [True, False], ids=["nodata-and-aoi", "all-valid"])
 @pytest.mark.parametrize("crs", ["EPSG:32633", "EPSG:4326"])
 def test_areas_tallied_while_writing_equal_the_raster_read_back(
-    make_scene, tiny_checkpoint, tmp_path, capsys, crs
+    make_scene, tiny_checkpoint, tmp_path, capsys, crs, cut
 ) -> None:
-    """The areas come from the strips as they are written: they must be the
-    written raster's, pixel for pixel (nodata columns, AOI cut, geodesic rows)."""
+    """The areas come from the strips as they are written (counted per cell where
+    pixels share one area): they must be the written raster's, pixel for pixel
+    (nodata columns, AOI cut, all-valid strips, geodesic rows)."""
     from mscn_geo.areas import raster_areas
 
-    scene = make_scene(256, 192, crs=crs, nodata_cols=40)
-    with rasterio.open(scene) as ds:
-        left, bottom, right, top = ds.bounds
-    aoi = box(left, bottom, left + 0.7 * (right - left), top - 0.2 * (top - bottom))
-    aoi_file = tmp_path / "aoi.geojson"
-    geopandas.GeoDataFrame(geometry=[aoi], crs=crs).to_file(aoi_file)
-    code, summary, err = classify_json(
-        capsys, scene, tiny_checkpoint, tmp_path / "out", "--aoi", aoi_file, "--stride", "32"
-    )
+    scene = make_scene(250, 190, crs=crs, nodata_cols=40 if cut else 0)
+    extra: list[object] = ["--stride", "32", "--min-confidence", "0.5"]
+    if cut:
+        with rasterio.open(scene) as ds:
+            left, bottom, right, top = ds.bounds
+        aoi = box(left, bottom, left + 0.7 * (right - left), top - 0.2 * (top - bottom))
+        aoi_file = tmp_path / "aoi.geojson"
+        geopandas.GeoDataFrame(geometry=[aoi], crs=crs).to_file(aoi_file)
+        extra += ["--aoi", aoi_file]
+    code, summary, err = classify_json(capsys, scene, tiny_checkpoint, tmp_path / "out", *extra)
     assert code == 0, err
-    read_back = raster_areas(Path(summary["outputs"]["raster"]), TINY_CLASSES).to_dict()
+    names = [*TINY_CLASSES, "uncertain"]
+    read_back = raster_areas(Path(summary["outputs"]["raster"]), names, [0, 1, 2, 254]).to_dict()
     assert summary["areas"]["method"] == ("geodesic" if crs == "EPSG:4326" else "planar")
     assert summary["areas"]["valid_pixels"] == read_back["valid_pixels"] > 0
     assert summary["areas"]["classes"] == read_back["classes"]  # pixels, m2, ha, shares
