@@ -137,3 +137,17 @@ def classify_and_read(scene: Path, model: LoadedModel, out: Path, **options: obj
     frame = gpd.read_file(result.outputs["gpkg"], layer="tiles")
     with rasterio.open(result.outputs["raster"]) as ds:
         return result, frame, ds.read(1), ds.profile
+
+
+def colour_chips(root: Path, per_class: int = 6, size: int = 32) -> Path:
+    """An ImageFolder of red, green and blue chips (noise plus 150 in the class's band)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for band, name in enumerate(("red", "green", "blue")):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            arr = rng.integers(0, 70, (size, size, 3), dtype=np.uint8)
+            arr[..., band] += 150
+            Image.fromarray(arr).save(root / name / f"{i}.png")
+    return root

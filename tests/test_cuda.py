@@ -14,8 +14,7 @@ import pytest
 import torch
 
 from mscn_geo.models import load_checkpoint
-from tests.conftest import classify_and_read
-from tests.test_device_paths import _colour_chips
+from tests.conftest import classify_and_read, colour_chips
 
 pytestmark = [
     pytest.mark.cuda,
@@ -55,7 +54,7 @@ def test_cuda_classify_matches_cpu(make_scene, tiny_model, tmp_path, monkeypatch
 def test_cuda_training_with_amp_writes_a_cpu_loadable_checkpoint(tmp_path):
     from mscn_geo.training import TrainConfig, train
 
-    data = _colour_chips(tmp_path / "chips", per_class=8)
+    data = colour_chips(tmp_path / "chips", per_class=8)
     cfg = TrainConfig(
         arch="resnet18", input_size=32, epochs=3, batch_size=6, lr=3e-3, warmup_epochs=1,
         randaugment_magnitude=0, val_fraction=0.25, last_every_min=0.0, device="cuda", amp=True,

@@ -19,7 +19,7 @@ from mscn_geo.models import load_checkpoint
 from mscn_geo.pipeline import Normaliser, classify_stream, prepare_model
 from mscn_geo.reader import TilePixels
 from mscn_geo.tiling import TileGrid
-from tests.conftest import classify_and_read
+from tests.conftest import classify_and_read, colour_chips
 
 CPU = torch.device("cpu")
 
@@ -133,25 +133,12 @@ def test_bf16_classify_on_cpu_agrees_with_fp32(make_scene, tmp_path):
     np.testing.assert_array_equal(frame16["class_id"], frame32["class_id"])
 
 
-def _colour_chips(root, per_class: int = 6, size: int = 32):
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for band, name in enumerate(("red", "green", "blue")):
-        (root / name).mkdir(parents=True)
-        for i in range(per_class):
-            arr = rng.integers(0, 70, (size, size, 3), dtype=np.uint8)
-            arr[..., band] += 150
-            Image.fromarray(arr).save(root / name / f"{i}.png")
-    return root
-
-
 def test_bf16_training_on_cpu_tracks_fp32(tmp_path):
     import json
 
     from mscn_geo.training import TrainConfig, train
 
-    data = _colour_chips(tmp_path / "chips", per_class=4)
+    data = colour_chips(tmp_path / "chips", per_class=4)
     losses = {}
     for amp in (False, True):
         cfg = TrainConfig(
