@@ -66,7 +66,7 @@ def per_tile_costs(
     device = torch.device("cpu")
     runner = prepare_model(model.model, device, None)
     norm = Normaliser(model.meta, device, channels_last=runner.channels_last)
-    batch = [i.pixels for i in items[: options.batch_size]]
+    batch = [i.pixels for i in items[: options.batch_size_for(device.type)]]
     with torch.inference_mode():
         runner(norm(batch))  # warm-up (oneDNN primitives)
         start = time.perf_counter()

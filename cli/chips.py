@@ -68,7 +68,7 @@ def chips(
     seed: int = opt.from_field(ChipOptions, "seed"),
     block_tiles: int = opt.from_field(ChipOptions, "block_tiles", min=1),
     min_chips: int = opt.from_field(ChipOptions, "min_chips", min=0),
-    workers: int = opt.WORKERS,
+    workers: int | None = opt.WORKERS,
     overwrite: bool = opt.from_field(ChipOptions, "overwrite"),
     json_out: opt.Json = False,
     quiet: opt.Quiet = False,

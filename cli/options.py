@@ -186,9 +186,7 @@ QUICKLOOK = from_field(ClassifyOptions, "quicklook", "--quicklook/--no-quicklook
 # The same options for commands with their own defaults (evaluate, train): help from the field.
 BatchSize = Annotated[
     int,
-    typer.Option(
-        "--batch-size", help=help_of(ClassifyOptions, "batch_size"), min=1, metavar="INTEGER"
-    ),
+    typer.Option("--batch-size", help="Tiles per forward pass.", min=1, metavar="INTEGER"),
 ]
 Device = Annotated[
     str, typer.Option("--device", help=help_of(ClassifyOptions, "device"), metavar="NAME")

@@ -252,7 +252,8 @@ def _cut_scene(
     read = options.read
     crs_text = _crs_text(info.crs)
     with TileReader(info, grid.tile) as reader, rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
-        items = read_ahead(reader, candidates, read.workers, max(4, read.workers * 4))
+        workers = read.workers_for("cpu")  # no model here: reading is all the work
+        items = read_ahead(reader, candidates, workers, max(4, workers * 4))
         for done, item in enumerate(items, start=1):
             if progress is not None:
                 progress(info.path, done, total)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,6 +10,12 @@ from mscn_geo.errors import OptionError
 from mscn_geo.fields import documented, option
 
 __all__ = ["ClassifyOptions"]
+
+#: ``batch_size`` and ``workers`` when not given, per device type: what the benchmarks
+#: ran at (README, Performance). On an H200 batch 128 and 8 reader threads kept the GPU
+#: 84-90 % busy; batch 16 and 2 threads suit the 2-core CPU the CPU figures come from.
+DEFAULT_BATCH_SIZE = {"cpu": 16, "cuda": 128}
+DEFAULT_WORKERS = {"cpu": 2, "cuda": 8}
 
 
 @documented
@@ -32,7 +39,9 @@ class ClassifyOptions:
         "scene's bands when it has as many as the model, else red/green/blue by colour "
         "interpretation, else the first ones; never alpha).",
     )
-    batch_size: int = option(16, help="Tiles per forward pass.")
+    batch_size: int | None = option(
+        None, help="Tiles per forward pass (default: 16 on CPU, 128 on CUDA)."
+    )
     device: str = option("auto", help="auto (CUDA if available), cpu, cuda or cuda:N.")
     amp: bool | None = option(
         None, help="Mixed precision, bf16/fp16 (default: on with CUDA, off on CPU)."
@@ -42,7 +51,11 @@ class ClassifyOptions:
         help="What runs the model: auto (ONNX Runtime for fp32 on CPU when installed, "
         "else PyTorch), torch or onnxruntime (measured in the README, Performance).",
     )
-    workers: int = option(2, help="Threads reading tiles (0: read in the calling thread).")
+    workers: int | None = option(
+        None,
+        help="Threads reading tiles (0: read in the calling thread; default: 2 on CPU, "
+        "8 on CUDA, never more than the CPU count).",
+    )
     out_dir: Path = option(
         default_factory=lambda: Path("."), help="Folder for the outputs (created if missing)."
     )
@@ -116,16 +129,29 @@ class ClassifyOptions:
         "cell grid.",
     )
 
+    def batch_size_for(self, device_type: str) -> int:
+        """``batch_size``, or its default for ``device_type`` (``"cpu"``, ``"cuda"``)."""
+        if self.batch_size is not None:
+            return self.batch_size
+        return DEFAULT_BATCH_SIZE.get(device_type, DEFAULT_BATCH_SIZE["cpu"])
+
+    def workers_for(self, device_type: str) -> int:
+        """``workers``, or its default for ``device_type``, at most the CPU count."""
+        if self.workers is not None:
+            return self.workers
+        default = DEFAULT_WORKERS.get(device_type, DEFAULT_WORKERS["cpu"])
+        return min(default, os.cpu_count() or 1)
+
     def check(self) -> None:
         """Raise :class:`~mscn_geo.errors.OptionError` for a value no scene could use."""
         from mscn_geo.reader import parse_bands  # rasterio: not for the CLI's --help
         from mscn_geo.scaling import parse_scale
 
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise OptionError(
                 f"batch_size must be at least 1, got {self.batch_size}", field="batch_size"
             )
-        if self.workers < 0:
+        if self.workers is not None and self.workers < 0:
             raise OptionError(f"workers must be 0 or more, got {self.workers}", field="workers")
         from mscn_geo.backends import BACKENDS
 

@@ -188,10 +188,12 @@ def predict_tiles(
 
     # Enough tiles in flight to fill the next batch while this one runs, and to
     # keep every reader thread busy; bounded whatever the scene size.
-    depth = max(options.batch_size * 2, options.workers * 4)
+    batch_size = options.batch_size_for(device.type)
+    workers = options.workers_for(device.type)
+    depth = max(batch_size * 2, workers * 4)
     with TileReader(info, grid.tile) as reader, torch.inference_mode():
-        items = read_ahead(reader, tiles, options.workers, depth)
-        for out in classify_stream(items, runner, norm, options.batch_size, on_skipped):
+        items = read_ahead(reader, tiles, workers, depth)
+        for out in classify_stream(items, runner, norm, batch_size, on_skipped):
             index = np.array([t.row * cols + t.col for t in out.tiles], dtype=np.int64)
             result.put(index, out.probs, out.nodata_fraction)
             end = int(index[-1]) + 1

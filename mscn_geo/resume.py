@@ -145,7 +145,7 @@ def run_fingerprint(
             "scaling": info.scaling.to_dict() if info.scaling else None,
             "allow_no_crs": options.allow_no_crs,
             "tta": options.tta,  # changes every tile's probabilities
-            "batch_size": options.batch_size,
+            "batch_size": options.batch_size_for(device.type),
             "device": device.type,
             "amp": amp_name(autocast_dtype(device, options.amp)),
             # A different area of interest skips different tiles.

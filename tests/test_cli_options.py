@@ -99,6 +99,13 @@ def test_classify_help_reads_like_rasterio(capsys) -> None:
     assert "<bool>" not in text and "<str>" not in text and "<int" not in text
     assert "  --overwrite " in text and "--amp / --no-amp" in text
     assert "  SCENES...  " in text  # the argument, listed by its usage name
+    flat = " ".join(text.split())
+    assert "Tiles per forward pass (default: 16 on CPU, 128 on CUDA)." in flat
+    assert "8 on CUDA, never more than the CPU count)" in flat
+    assert "[default: None]" not in flat
+    assert main(["evaluate", "--help"]) == 0
+    flat = " ".join(capsys.readouterr().out.split())
+    assert "Tiles per forward pass. [default: 32" in flat
 
 
 def test_info_usage_names_its_argument(capsys) -> None:

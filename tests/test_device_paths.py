@@ -154,3 +154,20 @@ def test_bf16_training_on_cpu_tracks_fp32(tmp_path):
     # Same seed, same batches: the first epoch's loss differs only by bf16 rounding.
     assert losses[True][0] == pytest.approx(losses[False][0], rel=0.05)
     assert losses[True][1] == pytest.approx(losses[False][1], rel=0.2)
+
+
+def test_batch_size_and_workers_default_by_device(monkeypatch):
+    """Not given: the configuration the benchmarks ran at on each device (16 tiles and
+    2 readers on CPU, 128 and 8 on CUDA, never more readers than CPUs); given: as given."""
+    from mscn_geo.options import ClassifyOptions
+
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    auto = ClassifyOptions()
+    assert (auto.batch_size_for("cpu"), auto.workers_for("cpu")) == (16, 2)
+    assert (auto.batch_size_for("cuda"), auto.workers_for("cuda")) == (128, 8)
+    monkeypatch.setattr("os.cpu_count", lambda: 4)
+    assert auto.workers_for("cuda") == 4
+    given = ClassifyOptions(batch_size=5, workers=0)
+    assert (given.batch_size_for("cuda"), given.workers_for("cuda")) == (5, 0)
+    with pytest.raises(OptionError, match="batch_size must be at least 1, got 0"):
+        ClassifyOptions(batch_size=0).check()

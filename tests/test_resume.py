@@ -308,3 +308,19 @@ def test_two_runs_of_one_scene_at_once_do_not_both_write(
     again = start(base, tmp_path / "reads3.txt", 0.0)
     _, err = again.communicate(timeout=60)
     assert again.returncode == 2 and "exists; use --overwrite" in err
+
+
+def test_a_journal_of_batch_16_continues_with_the_cpu_default(make_scene, tiny_model) -> None:
+    """A journal from before ``batch_size`` defaulted by device (16, given) still fits a
+    CPU run that leaves it unset; another batch size does not."""
+    from mscn_geo.options import ClassifyOptions
+    from mscn_geo.plan import plan_scene
+    from mscn_geo.resume import run_fingerprint
+
+    scene = make_scene(128, 128)
+    auto = ClassifyOptions(device="cpu")
+    plan = plan_scene(scene, tiny_model.meta, auto)
+    sixteen = run_fingerprint(scene, plan, tiny_model, ClassifyOptions(device="cpu", batch_size=16))
+    assert run_fingerprint(scene, plan, tiny_model, auto) == sixteen
+    eight = run_fingerprint(scene, plan, tiny_model, ClassifyOptions(device="cpu", batch_size=8))
+    assert eight["options"]["batch_size"] == 8 != sixteen["options"]["batch_size"]
