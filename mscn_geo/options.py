@@ -53,8 +53,8 @@ class ClassifyOptions:
     )
     workers: int | None = option(
         None,
-        help="Threads reading tiles (0: read in the calling thread; default: 2 on CPU, "
-        "8 on CUDA, never more than the CPU count).",
+        help="Threads reading tiles (0: read in the calling thread; default: 2, 8 when "
+        "the model runs on CUDA, never more than the CPU count).",
     )
     out_dir: Path = option(
         default_factory=lambda: Path("."), help="Folder for the outputs (created if missing)."

@@ -101,7 +101,7 @@ def test_classify_help_reads_like_rasterio(capsys) -> None:
     assert "  SCENES...  " in text  # the argument, listed by its usage name
     flat = " ".join(text.split())
     assert "Tiles per forward pass (default: 16 on CPU, 128 on CUDA)." in flat
-    assert "8 on CUDA, never more than the CPU count)" in flat
+    assert "default: 2, 8 when the model runs on CUDA, never more than the CPU count)" in flat
     assert "[default: None]" not in flat
     assert main(["evaluate", "--help"]) == 0
     flat = " ".join(capsys.readouterr().out.split())
