@@ -13,6 +13,12 @@ like real imagery) and ``pattern`` (the generated benchmark pattern, which
 deflate shrinks about 100:1: decoding is nearly free, so it shows the reader's
 fixed per-tile costs at their worst).
 
+The scene is 8192 px (1,024 tiles; about 0.35 s of reading): each read starts
+its worker threads and opens one dataset handle per thread, and the last run of
+one worker ends alone; on a 4096 px scene (256 tiles, 90 ms) those per-scene
+costs took 10 to 25 % of the 2-worker figure, while the plain reads open their
+handle outside the timer (README, Performance).
+
 Also: the bundled model's FLOPs per tile (``torch.utils.flop_counter``) and, from
 an H100's dense bf16 peak and an assumed model FLOPs utilisation, the tiles/s one
 H100 would consume and how many reader workers at the measured rate that takes.
@@ -187,7 +193,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=4096, help="scene edge in px")
+    parser.add_argument("--size", type=int, default=8192, help="scene edge in px")
     parser.add_argument("--tile-size", type=int, default=256)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--rounds", type=int, default=2, help="best of this many")
