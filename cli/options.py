@@ -183,7 +183,8 @@ ASSETS = from_field(ClassifyOptions, "assets", metavar="KEYS")
 AOI = from_field(ClassifyOptions, "aoi", metavar="FILE", dir_okay=False)
 QUICKLOOK = from_field(ClassifyOptions, "quicklook", "--quicklook/--no-quicklook")
 
-# The same options for commands with their own defaults (evaluate, train): help from the field.
+# The same options for commands with their own defaults (evaluate, train): help from the
+# field, except --batch-size, whose field help names classify's defaults.
 BatchSize = Annotated[
     int,
     typer.Option("--batch-size", help="Tiles per forward pass.", min=1, metavar="INTEGER"),
