@@ -209,3 +209,24 @@ def test_aoi_in_a_corner_fetches_a_small_fraction(served, tiny_model, tmp_path):
     result = classify_scene(server.url(name), tiny_model, options)
     assert result.classified == 4
     assert 0 < server.bytes_sent < 0.1 * size, (server.bytes_sent, size)
+
+
+def test_reduced_read_of_a_remote_scene_in_strips(served, make_scene):
+    """The quicklook's reduced read opens one handle per strip: over HTTP too, the same
+    pixels as one local read."""
+    import shutil
+
+    from rasterio.enums import Resampling
+
+    from mscn_geo.io.decimated import read_decimated
+
+    server, _ = served
+    shutil.copy(make_scene(256, 192, nodata_cols=30), server.root / "plain.tif")
+    with rasterio.open(server.root / "plain.tif") as ds:
+        assert not ds.overviews(1)  # else GDAL reads an overview in one call
+        want = ds.read([1, 2, 3], out_shape=(3, 40, 50), resampling=Resampling.average)
+    before = server.bytes_sent
+    url = server.url("plain.tif")
+    got = read_decimated(url, [1, 2, 3], (40, 50), Resampling.average, threads=3)
+    np.testing.assert_array_equal(got, want)
+    assert server.bytes_sent > before

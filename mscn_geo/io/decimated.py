@@ -4,12 +4,15 @@ Without overviews GDAL decodes every block of the scene for a reduced read,
 on one thread (``GDAL_NUM_THREADS`` does not split resampled reads): 5 s for
 a 30,000 px deflate scene on the 2-core VM. Strips of output rows read from
 their own dataset handles run in parallel (GDAL releases the GIL) and give the
-same pixels: each strip's source window starts at the fractional source row
-of its first output row, which is where the single read samples it.
+same pixels: each strip starts at an output row that falls on a whole source
+row (``h / gcd(H, h)`` output rows apart), so its window is in whole pixels and
+GDAL samples it as the single read does. Where no such rows split the output
+(``gcd(H, h)`` of 1), the raster is read in one call.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -49,12 +52,20 @@ def read_decimated(
         if single or threads == 1 or h < 2:
             return _read(ds, indexes, Window(0, 0, ds.width, ds.height), shape, resampling, masks)
         height, width = ds.height, ds.width
-    bounds = np.linspace(0, h, min(h, threads * _STRIPS_PER_THREAD) + 1).round().astype(int)
-    step = height / h  # source rows per output row
+    # Strips start at output rows whose source row is a whole number (multiples of
+    # ``unit``): fractional windows moved GDAL's average by 1 on a few pixels.
+    unit = h // math.gcd(height, h)
+    units = h // unit
+    if units < 2:
+        with rasterio.open(path) as ds:
+            return _read(ds, indexes, Window(0, 0, width, height), shape, resampling, masks)
+    cuts = np.linspace(0, units, min(units, threads * _STRIPS_PER_THREAD) + 1).round()
+    bounds = cuts.astype(int) * unit
+    step = height // math.gcd(height, h)  # source rows per ``unit`` output rows
 
     def strip(i: int) -> np.ndarray:
         r0, r1 = int(bounds[i]), int(bounds[i + 1])
-        window = Window(0, r0 * step, width, (r1 - r0) * step)
+        window = Window(0, r0 // unit * step, width, (r1 - r0) // unit * step)
         with rasterio.open(path) as ds:
             return _read(ds, indexes, window, (r1 - r0, w), resampling, masks)
 

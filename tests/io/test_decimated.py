@@ -18,7 +18,7 @@ def _single(path, indexes, shape, resampling, masks=False):
         return ds.read(indexes, out_shape=out_shape, resampling=resampling)
 
 
-@pytest.mark.parametrize("shape", [(97, 130), (64, 64), (301, 17)])
+@pytest.mark.parametrize("shape", [(97, 130), (64, 64), (301, 17), (40, 50)])
 @pytest.mark.parametrize("resampling", [Resampling.average, Resampling.nearest])
 def test_strips_equal_one_read(make_scene, shape, resampling):
     scene = make_scene(1000, 700, nodata_cols=130)
