@@ -139,15 +139,29 @@ def classify_and_read(scene: Path, model: LoadedModel, out: Path, **options: obj
         return result, frame, ds.read(1), ds.profile
 
 
-def colour_chips(root: Path, per_class: int = 6, size: int = 32) -> Path:
-    """An ImageFolder of red, green and blue chips (noise plus 150 in the class's band)."""
+#: The colour chips' classes and the band each one brightens.
+COLOUR_BANDS = {"blue": 2, "green": 1, "red": 0}
+
+
+def colour_chips(
+    root: Path,
+    per_class: int = 6,
+    size: int = 32,
+    seed: int = 0,
+    formats: tuple[str, ...] = ("png",),
+    order: tuple[str, ...] = tuple(COLOUR_BANDS),
+) -> Path:
+    """An ImageFolder of blue, green and red chips (noise plus 150 in the class's band);
+    chip ``i`` is saved as ``formats[i % len(formats)]``; the random pixels are drawn
+    class by class in ``order``."""
     from PIL import Image
 
-    rng = np.random.default_rng(0)
-    for band, name in enumerate(("red", "green", "blue")):
+    rng = np.random.default_rng(seed)
+    for name in order:
+        band = COLOUR_BANDS[name]
         (root / name).mkdir(parents=True)
         for i in range(per_class):
             arr = rng.integers(0, 70, (size, size, 3), dtype=np.uint8)
             arr[..., band] += 150
-            Image.fromarray(arr).save(root / name / f"{i}.png")
+            Image.fromarray(arr).save(root / name / f"{i}.{formats[i % len(formats)]}")
     return root

@@ -21,6 +21,8 @@ from mscn_geo.reader import TilePixels
 from mscn_geo.tiling import TileGrid
 from tests.conftest import classify_and_read, colour_chips
 
+RGB = ("red", "green", "blue")  # the order these tests' chips were drawn in
+
 CPU = torch.device("cpu")
 
 
@@ -138,7 +140,7 @@ def test_bf16_training_on_cpu_tracks_fp32(tmp_path):
 
     from mscn_geo.training import TrainConfig, train
 
-    data = colour_chips(tmp_path / "chips", per_class=4)
+    data = colour_chips(tmp_path / "chips", per_class=4, order=RGB)
     losses = {}
     for amp in (False, True):
         cfg = TrainConfig(

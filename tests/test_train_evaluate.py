@@ -18,20 +18,14 @@ from mscn_geo.errors import DatasetError, OptionError
 from mscn_geo.evaluate import classification_metrics, evaluate_folder
 from mscn_geo.models import ModelMeta, load_checkpoint, register_model, save_checkpoint
 from mscn_geo.training import TrainConfig, load_backbone_weights, make_config, train
+from tests.conftest import COLOUR_BANDS, colour_chips
 
-COLOURS = {"blue": 2, "green": 1, "red": 0}
+COLOURS = COLOUR_BANDS
 
 
 def _chips(root: Path, per_class: int = 6, size: int = 40, seed: int = 0) -> Path:
-    """Three classes of noisy single-colour chips, saved as PNG and WebP."""
-    rng = np.random.default_rng(seed)
-    for name, band in COLOURS.items():
-        (root / name).mkdir(parents=True)
-        for i in range(per_class):
-            arr = rng.integers(0, 70, (size, size, 3), dtype=np.uint8)
-            arr[..., band] += 150
-            Image.fromarray(arr).save(root / name / f"{i}.{'png' if i % 2 else 'webp'}")
-    return root
+    """Three classes of noisy single-colour chips, saved as WebP and PNG."""
+    return colour_chips(root, per_class, size, seed, formats=("webp", "png"))
 
 
 def _tiny_config(**kw) -> TrainConfig:
