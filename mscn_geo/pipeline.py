@@ -21,6 +21,7 @@ scene size.
 from __future__ import annotations
 
 import copy
+import itertools
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -52,26 +53,11 @@ class _ReadsRuns(Protocol):
 RUN_TILES = 8
 
 
-def _read_units(reader: _Reads, tiles: Iterable[Tile], depth: int) -> Iterator[list[Tile]]:
-    """What one task reads: runs of consecutive tiles where the reader can, else tiles."""
-    if not (isinstance(reader, _ReadsRuns) and reader.can_read_runs()):
-        yield from ([t] for t in tiles)
-        return
-    max_len = max(1, min(RUN_TILES, depth // 2))
-    run: list[Tile] = []
-    for tile in tiles:
-        run.append(tile)
-        if len(run) == max_len:
-            yield run
-            run = []
-    if run:
-        yield run
-
-
-def _read_unit(reader: _Reads, unit: list[Tile]) -> list[TilePixels]:
-    if len(unit) > 1 and isinstance(reader, _ReadsRuns):
-        return reader.read_run(unit)
-    return [reader.read(unit[0])]
+def _units(tiles: Iterable[Tile], size: int) -> Iterator[list[Tile]]:
+    """``tiles`` in consecutive lists of ``size`` (the last may be shorter)."""
+    todo = iter(tiles)
+    while unit := list(itertools.islice(todo, size)):
+        yield unit
 
 
 def read_ahead(
@@ -86,17 +72,24 @@ def read_ahead(
     error is raised when its tile's turn comes, and the reads after it are cancelled.
     """
     depth = max(depth, 1)
-    units = _read_units(reader, tiles, depth)
+    # What one task reads, decided once: runs of consecutive tiles where the reader
+    # can, else single tiles.
+    read_unit: Callable[[list[Tile]], list[TilePixels]]
+    if isinstance(reader, _ReadsRuns) and reader.can_read_runs():
+        size, read_unit = max(1, min(RUN_TILES, depth // 2)), reader.read_run
+    else:
+        size, read_unit = 1, lambda unit: [reader.read(unit[0])]
+    units = _units(tiles, size)
     if workers == 0:
         for unit in units:
-            yield from _read_unit(reader, unit)
+            yield from read_unit(unit)
         return
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mscn-geo-read")
     pending: deque[tuple[Future[list[TilePixels]], int]] = deque()
     in_flight = 0
     try:
         for unit in units:
-            pending.append((pool.submit(_read_unit, reader, unit), len(unit)))
+            pending.append((pool.submit(read_unit, unit), len(unit)))
             in_flight += len(unit)
             while pending and in_flight >= depth:
                 fut, n = pending.popleft()

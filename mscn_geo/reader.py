@@ -255,18 +255,16 @@ def validity(info: SceneInfo, data: np.ndarray, masks: np.ndarray | None) -> np.
     validity comes from the value); a NaN in any band makes a pixel nodata.
     """
     shape = data.shape[1:]
+    nodata = info.nodata
     if not info.float_data:
         # Most tiles hold no nodata at all: one min/max pass tells, and they share
         # one read-only all-True mask instead of building their own.
         if masks is None:
-            nodata = info.nodata
             if nodata is None or nodata < data.min() or nodata > data.max():
                 return _all_valid(shape)
-            return (data != nodata).any(axis=0)
-        if masks.min() == 255:
+        elif masks.min() == 255:
             return _all_valid(shape)
     if masks is None:
-        nodata = info.nodata
         if nodata is not None and math.isnan(nodata):
             valid = np.ones(shape, dtype=bool)
         else:
