@@ -10,10 +10,12 @@ the traceback.
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 import traceback
 from collections.abc import Sequence
+from typing import NoReturn
 
 import typer
 import typer.main
@@ -88,5 +90,21 @@ def _command(args: list[str]):
     return group
 
 
+def run() -> NoReturn:
+    """The console script: :func:`main` on ``sys.argv``, then exit with its code.
+
+    Before exiting, every object is frozen out of the garbage collector: the
+    interpreter's teardown otherwise collects across the ~100k objects torch
+    creates, 0.5-0.7 s added to every command on the 2-core machine (``import
+    torch`` alone: 0.48 s of teardown, 0.16 s frozen). Nothing needs that
+    collection: outputs are closed and written by then, and exit handlers still
+    run. Only the console script does this; :func:`main` called in-process
+    (tests, other programs) leaves the collector alone.
+    """
+    code = main()
+    gc.freeze()
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

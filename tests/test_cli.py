@@ -135,13 +135,33 @@ def test_info_checkpoint_and_scene(make_scene, tiny_checkpoint, capsys) -> None:
     assert code == 0 and "UNTRAINED placeholder" in stdout
 
 
-def test_console_script_exit_code(tmp_path) -> None:
+def _console_script() -> list[str]:
     exe = ROOT / ".venv" / "bin" / "mscn-geo"
-    command = [str(exe)] if exe.exists() else [sys.executable, "-m", "mscn_geo_cli.main"]
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "mscn_geo_cli.main"]
+
+
+def test_console_script_exit_code(tmp_path) -> None:
     proc = subprocess.run(
-        [*command, "classify", str(tmp_path / "none.tif")], capture_output=True, text=True
+        [*_console_script(), "classify", str(tmp_path / "none.tif")], capture_output=True, text=True
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         f"mscn-geo: error: scene not found: {tmp_path / 'none.tif'}"
     ]
+
+
+def test_console_script_output_is_complete_after_its_fast_exit(
+    make_scene, tiny_checkpoint, tmp_path
+):
+    """The script skips the collector at exit: stdout and the written files are whole."""
+    scene = make_scene(192, 128)
+    out = tmp_path / "out"
+    argv = [*_console_script(), "classify", str(scene), "-m", str(tiny_checkpoint)]
+    argv += ["-o", str(out), "--json", "--quiet"]
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["status"] == "ok" and summary["classified"] == summary["tiles"] > 0
+    import geopandas as gpd
+
+    assert len(gpd.read_file(summary["outputs"]["gpkg"], layer="tiles")) == summary["tiles"]
