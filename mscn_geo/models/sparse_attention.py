@@ -26,6 +26,7 @@ where ``torch.topk`` would break them arbitrarily.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -77,6 +78,24 @@ def _top_sets(s: Tensor, k_a: int, k_b: int) -> tuple[Tensor, Tensor]:
     return (big, small) if k_a >= k_b else (small, big)
 
 
+def _top_sets_cpu(s: Tensor, k_a: int, k_b: int) -> tuple[Tensor, Tensor]:
+    """:func:`_top_sets` of a float32 CPU tensor, selected by numpy's ``partition``.
+
+    numpy's quickselect (vectorised) is 3-5x faster than ``torch.topk`` here (a
+    1,024-score row, k = 512: 10.6 ms for 8,192 rows on one thread against 52 ms on
+    two); the values are the same, only their order inside a set differs.
+    """
+    n1 = s.shape[-1]
+    k_big, k_small = max(k_a, k_b), min(k_a, k_b)
+    big = np.partition(s.detach().numpy(), n1 - k_big, axis=-1)[..., n1 - k_big :]
+    small = big
+    if k_small != k_big:
+        small = np.partition(big, k_big - k_small, axis=-1)[..., k_big - k_small :]
+    big_t = torch.from_numpy(big)
+    small_t = big_t if small is big else torch.from_numpy(small)
+    return (big_t, small_t) if k_a >= k_b else (small_t, big_t)
+
+
 def _row_stats(s: Tensor, k_a: int, k_b: int) -> Tensor:
     """(5, ..., 1): row max, the k_a-th and k_b-th largest scores, and the two normalisers.
 
@@ -85,7 +104,8 @@ def _row_stats(s: Tensor, k_a: int, k_b: int) -> Tensor:
     from the top values alone; :func:`_fix_ties` corrects them where a tie at a
     threshold keeps more than k entries (fp16 scores, repeated keys).
     """
-    top_a, top_b = _top_sets(s, k_a, k_b)
+    cpu = s.device.type == "cpu" and s.dtype == torch.float32
+    top_a, top_b = (_top_sets_cpu if cpu else _top_sets)(s, k_a, k_b)
     m = top_a.amax(-1, keepdim=True)
     z_a = torch.exp(top_a - m).sum(-1, keepdim=True)
     z_b = z_a if top_b is top_a else torch.exp(top_b - m).sum(-1, keepdim=True)
