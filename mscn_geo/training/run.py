@@ -18,6 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from mscn_geo.augment import BatchAugment
+from mscn_geo.cpu_allocator import keep_large_allocations
 from mscn_geo.device import autocast_dtype, resolve_device
 from mscn_geo.errors import CheckpointError, DatasetError
 from mscn_geo.evaluate import eval_transform, evaluate_dataset
@@ -108,6 +109,8 @@ def train(
     files = RunFiles(Path(out))
     files.claim(overwrite, resuming=state is not None)
     device = resolve_device(cfg.device)
+    if device.type == "cpu":
+        keep_large_allocations()  # activations and gradients reuse heap pages
 
     seed_everything(cfg.seed)
     data = prepare_data(cfg, data_dir, val_dir, dataset, root, on_warning=warn)
