@@ -271,11 +271,14 @@ def cached_split(graph: Path) -> SplitGraph | None:
     The parts are written to ``<graph>.split-<revision>/`` (into a temporary
     folder renamed into place, so a half-written cache is never read); a graph
     that cannot be split is recorded there too. Without a writable folder the
-    split is made each time.
+    split is made each time; a folder damaged by hand is made anew.
     """
     folder = graph.with_name(f"{graph.stem}.split-{SPLIT_REVISION}")
-    if (folder / "split.json").is_file():
-        return SplitGraph.load(folder)
+    if folder.exists():
+        try:
+            return SplitGraph.load(folder)
+        except (OSError, ValueError, KeyError, TypeError):
+            shutil.rmtree(folder, ignore_errors=True)
     import onnx
 
     split = split_at_selections(onnx.load(str(graph)))

@@ -111,6 +111,10 @@ def test_split_is_cached_beside_the_graph(tiny_model, monkeypatch):
     monkeypatch.setattr(onnx_split, "split_at_selections", no_split)
     again = cached_split(path)
     assert again == first
+    monkeypatch.undo()
+    (folder / "second.onnx").unlink()  # damaged by hand: made anew
+    assert cached_split(path) == first
+    assert (folder / "second.onnx").read_bytes() == first.second
 
 
 def test_a_graph_without_selections_is_recorded_as_not_split(tmp_path, monkeypatch):
