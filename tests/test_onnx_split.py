@@ -126,3 +126,40 @@ def test_a_graph_without_selections_is_recorded_as_not_split(tmp_path, monkeypat
     assert cached_split(path) is None
     monkeypatch.setattr(onnx_split, "split_at_selections", lambda model: pytest.fail("again"))
     assert cached_split(path) is None
+
+
+@pytest.mark.parametrize(
+    ("arch", "bands", "split"),
+    [("mscn_resnet18", 4, True), ("resnet18", 3, False)],
+    ids=["4-band MSCN", "plain ResNet: nothing to split"],
+)
+def test_other_models_run_split_or_whole_like_pytorch(tmp_path, arch, bands, split):
+    import torch
+
+    from mscn_geo.backends import prepare_runner
+    from mscn_geo.models import ModelMeta, create_model, load_checkpoint, save_checkpoint
+    from mscn_geo.pipeline import prepare_model
+
+    torch.manual_seed(3)
+    kwargs = {"dim": 32} if arch.startswith("mscn") else {}
+    net = create_model(arch, num_classes=2, in_chans=bands, **kwargs).eval()
+    meta = ModelMeta(
+        class_names=["a", "b"],
+        tile_size=64,
+        pixel_size_m=1.0,
+        bands=[f"b{i}" for i in range(1, bands + 1)],
+        mean=[0.5] * bands,
+        std=[0.25] * bands,
+        training_data="none: test",
+        trained=False,
+    )
+    path = save_checkpoint(tmp_path / "m.pt", net, arch, meta, arch_kwargs=kwargs)
+    loaded = load_checkpoint(path)
+    assert (cached_split(export_graph(loaded, 64)) is not None) == split
+    cpu = torch.device("cpu")
+    runner = prepare_runner(loaded, cpu, None, backend="onnxruntime")
+    x = torch.rand(3, bands, 64, 64)
+    with torch.inference_mode():
+        want = prepare_model(loaded.model, cpu, None)(x)
+        got = runner.normalised(x)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
