@@ -16,7 +16,7 @@ softmax probabilities on that device; ``device``, ``amp`` and
     PyTorch fp32 on every UC Merced validation tile with probabilities within
     1e-5 (benchmarks/bench_backends.py, README Performance). The graph's top-k
     selections are computed by numpy between two sessions
-    (:mod:`mscn_geo.onnx_split`: the same values, about 1.3x the model's speed).
+    (:mod:`mscn_geo.onnx_split`: the same values; the model 1.2x faster on 2 cores).
 
 Candidates measured and *not* offered, because they disagree with fp32 beyond the
 project's bar (same class on >= 99.5 % of validation tiles and probabilities

@@ -8,9 +8,10 @@ fills, two softmaxes and two matmuls with ``v``.
 
 Here the maths is the same, but:
 
-* one unsorted ``topk`` per row gives the larger set's threshold and the row
-  maximum, and a second one inside those values only the smaller set's (the
-  smaller top-k set is part of the larger one);
+* one selection per row (numpy's ``partition`` on CPU, an unsorted ``topk``
+  elsewhere) gives the larger set's threshold and the row maximum, and a second
+  one inside those values only the smaller set's (the smaller top-k set is part
+  of the larger one);
 * the two maps share one ``exp(s - max)``: P1 and P2 differ only in which
   entries they keep and in their normalisers, so ``P = e * (a1 [s >= t_a] / z_a
   + a2 [s >= t_b] / z_b)`` and a single ``P @ v`` follows;
@@ -69,8 +70,8 @@ def _top_sets(s: Tensor, k_a: int, k_b: int) -> tuple[Tensor, Tensor]:
     One unsorted ``topk`` of the larger k over the row; the smaller set is
     selected among those values only (it is part of the larger one). Both are
     faster than sorted selections or ``kthvalue`` (ONNX Runtime's sorted TopK was
-    30 % of the exported graph's time), and plain operators, so the fused path
-    and the exported graph share them.
+    30 % of the exported graph's time), and plain operators, so the exported
+    graph and the fused path off the CPU (:func:`_top_sets_cpu` there) share them.
     """
     k_big, k_small = max(k_a, k_b), min(k_a, k_b)
     big = torch.topk(s, k_big, dim=-1, sorted=False).values
