@@ -27,6 +27,8 @@ where ``torch.topk`` would break them arbitrarily.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -64,37 +66,37 @@ def _scores(q: Tensor, k: Tensor) -> Tensor:
     return torch.matmul(q, k.transpose(-2, -1)).float()
 
 
-def _top_sets(s: Tensor, k_a: int, k_b: int) -> tuple[Tensor, Tensor]:
-    """Unsorted values of the ``k_a`` and of the ``k_b`` largest scores of each row.
-
-    One unsorted ``topk`` of the larger k over the row; the smaller set is
-    selected among those values only (it is part of the larger one). Both are
-    faster than sorted selections or ``kthvalue`` (ONNX Runtime's sorted TopK was
-    30 % of the exported graph's time), and plain operators, so the exported
-    graph and the fused path off the CPU (:func:`_top_sets_cpu` there) share them.
-    """
-    k_big, k_small = max(k_a, k_b), min(k_a, k_b)
-    big = torch.topk(s, k_big, dim=-1, sorted=False).values
-    small = big if k_small == k_big else torch.topk(big, k_small, dim=-1, sorted=False).values
-    return (big, small) if k_a >= k_b else (small, big)
+def _select_topk(x: Tensor, k: int) -> Tensor:
+    """Unsorted values of the ``k`` largest of each row: plain ``topk`` (CUDA, export)."""
+    return torch.topk(x, k, dim=-1, sorted=False).values
 
 
-def _top_sets_cpu(s: Tensor, k_a: int, k_b: int) -> tuple[Tensor, Tensor]:
-    """:func:`_top_sets` of a float32 CPU tensor, selected by numpy's ``partition``.
+def _select_cpu(x: Tensor, k: int) -> Tensor:
+    """The same values, selected by numpy's ``partition`` (a float32 CPU tensor).
 
     numpy's quickselect (vectorised) is 3-5x faster than ``torch.topk`` here (a
     1,024-score row, k = 512: 10.6 ms for 8,192 rows on one thread against 52 ms on
-    two); the values are the same, only their order inside a set differs.
+    two); only the order inside the set differs.
     """
-    n1 = s.shape[-1]
+    n = x.shape[-1]
+    return torch.from_numpy(np.partition(x.detach().numpy(), n - k, axis=-1)[..., n - k :])
+
+
+def _top_sets(
+    s: Tensor, k_a: int, k_b: int, select: Callable[[Tensor, int], Tensor] = _select_topk
+) -> tuple[Tensor, Tensor]:
+    """Unsorted values of the ``k_a`` and of the ``k_b`` largest scores of each row.
+
+    One selection of the larger k over the row; the smaller set is selected among
+    those values only (it is part of the larger one). Unsorted selections are
+    faster than sorted ones or ``kthvalue`` (ONNX Runtime's sorted TopK was 30 % of
+    the exported graph's time); ``topk`` is a plain operator, so the exported
+    graph and the fused path off the CPU share it.
+    """
     k_big, k_small = max(k_a, k_b), min(k_a, k_b)
-    big = np.partition(s.detach().numpy(), n1 - k_big, axis=-1)[..., n1 - k_big :]
-    small = big
-    if k_small != k_big:
-        small = np.partition(big, k_big - k_small, axis=-1)[..., k_big - k_small :]
-    big_t = torch.from_numpy(big)
-    small_t = big_t if small is big else torch.from_numpy(small)
-    return (big_t, small_t) if k_a >= k_b else (small_t, big_t)
+    big = select(s, k_big)
+    small = big if k_small == k_big else select(big, k_small)
+    return (big, small) if k_a >= k_b else (small, big)
 
 
 def _row_stats(s: Tensor, k_a: int, k_b: int) -> Tensor:
@@ -106,7 +108,7 @@ def _row_stats(s: Tensor, k_a: int, k_b: int) -> Tensor:
     threshold keeps more than k entries (fp16 scores, repeated keys).
     """
     cpu = s.device.type == "cpu" and s.dtype == torch.float32
-    top_a, top_b = (_top_sets_cpu if cpu else _top_sets)(s, k_a, k_b)
+    top_a, top_b = _top_sets(s, k_a, k_b, _select_cpu if cpu else _select_topk)
     m = top_a.amax(-1, keepdim=True)
     z_a = torch.exp(top_a - m).sum(-1, keepdim=True)
     z_b = z_a if top_b is top_a else torch.exp(top_b - m).sum(-1, keepdim=True)
