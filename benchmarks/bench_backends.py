@@ -216,8 +216,11 @@ def _plain_eager_child(batch: int, batches: int) -> None:
     from mscn_geo.models import load_checkpoint
 
     torch.manual_seed(0)
-    net = load_checkpoint().model.eval().to(memory_format=torch.channels_last)
-    x = torch.randn(batch, 3, 256, 256).contiguous(memory_format=torch.channels_last)
+    loaded = load_checkpoint()
+    net = loaded.model.eval().to(memory_format=torch.channels_last)
+    size = loaded.meta.tile_size
+    x = torch.randn(batch, len(loaded.meta.bands), size, size)
+    x = x.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         net(x)  # warm-up
         t0 = time.perf_counter()

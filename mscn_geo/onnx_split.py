@@ -332,9 +332,6 @@ class SelectionSplitSession:
     def get_inputs(self) -> list[Any]:
         return self._first.get_inputs()
 
-    def get_outputs(self) -> list[Any]:
-        return self._second.get_outputs()
-
     def run(self, output_names: list[str] | None, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         first = self._first.run(self._first_outputs, feeds)
         values = dict(zip(self._first_outputs, first, strict=True))
