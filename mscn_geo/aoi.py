@@ -9,6 +9,7 @@ cells that do not touch it are nodata, and land-use polygons are cut to it.
 
 from __future__ import annotations
 
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,11 @@ import shapely
 from mscn_geo.errors import AoiError
 
 __all__ = ["Aoi", "read_aoi"]
+
+# GEOS prepared geometries are not thread-safe (libgeos/geos#825): the reader
+# threads testing tiles against one shared AOI crashed the process now and then
+# (8 threads on a 2,000-vertex AOI: every run). Preparing and testing hold this lock.
+_GEOS_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -61,10 +67,11 @@ class Aoi:
                 (w.col_off, w.row_off + w.height),
             ]
             boxes.append(shapely.Polygon([transform @ c for c in corners]))
-        shapely.prepare(self.geometry)
         # Touching along an edge only is not overlapping: such a tile has nothing inside.
         boxes = np.array(boxes, dtype=object)
-        return shapely.intersects(self.geometry, boxes) & ~shapely.touches(self.geometry, boxes)
+        with _GEOS_LOCK:
+            shapely.prepare(self.geometry)
+            return shapely.intersects(self.geometry, boxes) & ~shapely.touches(self.geometry, boxes)
 
     def mask(
         self, transform: affine.Affine, shape: tuple[int, int], all_touched: bool = False

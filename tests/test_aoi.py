@@ -98,3 +98,36 @@ def test_scene_without_crs_is_refused(tmp_path: Path) -> None:
     path = utm_box_in_wgs84(tmp_path / "aoi.geojson", 500_050, 4_999_900, 500_150, 5_000_050)
     with pytest.raises(AoiError, match="scene has no CRS"):
         read_aoi(path, None, FOOTPRINT)
+
+
+# Reader threads test tiles against one shared AOI; GEOS prepared geometries are not
+# thread-safe, and without a lock this crashed the process (segfault) in every run.
+THREADED_AOI = """
+import numpy as np, shapely, affine
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from rasterio.windows import Window
+from mscn_geo.aoi import Aoi
+t = np.linspace(0, 2 * np.pi, 2000)
+r = 400 + 80 * np.sin(9 * t)
+geom = shapely.Polygon(np.c_[500 + r * np.cos(t), -500 + r * np.sin(t)])
+transform = affine.Affine(1, 0, 0, 0, -1, 0)
+windows = [Window(c, y, 16, 16) for y in range(0, 1000, 16) for c in range(0, 1000, 16)]
+want = Aoi(Path("a"), geom, "").intersects_windows(transform, windows)
+for _ in range(6):
+    aoi = Aoi(Path("a"), shapely.Polygon(geom), "")
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda w: aoi.intersects_window(transform, w), windows))
+    assert (np.array(got) == want).all()
+print(int(want.sum()), len(windows))
+"""
+
+
+def test_tiles_tested_against_one_aoi_from_many_threads():
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", THREADED_AOI], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-500:]
+    inside, total = map(int, proc.stdout.split())
+    assert total == 63 * 63 and 0 < inside < total
