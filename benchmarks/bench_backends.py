@@ -1,10 +1,12 @@
 """CPU backends: agreement with eager fp32 on real tiles, model-only speed, the whole command.
 
 Candidates: eager PyTorch fp32 (the reference: batch 16, channels-last), PyTorch
-bf16 autocast, ONNX Runtime fp32 (the ``onnxruntime`` backend: the graph
-``mscn-geo export`` writes, split at its top-k selections, which numpy
-computes), the same graph run whole by ONNX Runtime, and ONNX Runtime static
-int8 (QDQ, per-channel weights, convolutions only, calibrated on training tiles).
+bf16 autocast of the whole model, the ``torch-bf16`` backend (the convolutions in
+bf16, attention, enhancer and head in fp32; CPUs with native bf16), ONNX Runtime
+fp32 (the ``onnxruntime`` backend: the graph ``mscn-geo export`` writes, split
+at its top-k selections, which numpy computes), the same graph run whole by ONNX
+Runtime, and ONNX Runtime static int8 (QDQ, per-channel weights, convolutions
+only, calibrated on training tiles).
 
 1. Agreement, on the UC Merced validation tiles of the bundled model's split
    (from ../shared; skipped without): share of tiles with the fp32 class, max and
@@ -69,7 +71,7 @@ class Candidates:
     """Each backend as ``fn(normalised batch) -> probabilities`` (float32, CPU)."""
 
     def __init__(self, loaded: Any, calibration: torch.Tensor, tmp: Path) -> None:
-        from mscn_geo.backends import export_graph, prepare_runner
+        from mscn_geo.backends import export_graph, native_bf16, prepare_runner
         from mscn_geo.pipeline import prepare_model
 
         self.meta = loaded.meta
@@ -82,6 +84,11 @@ class Candidates:
         )
         bf16 = torch_fp32.__class__(torch_fp32.net, cpu, torch.bfloat16, True)
         self.fns["torch_bf16"] = lambda x: bf16(x.contiguous(memory_format=torch.channels_last))
+        if native_bf16():
+            convs = prepare_runner(loaded, cpu, None, backend="torch-bf16")
+            self.fns["torch_bf16_convs"] = lambda x: convs(
+                x.contiguous(memory_format=torch.channels_last)
+            )
         t0 = time.perf_counter()
         ort32 = prepare_runner(loaded, cpu, None, backend="onnxruntime")
         self.prepare_s = {"onnxruntime": round(time.perf_counter() - t0, 2)}
@@ -271,11 +278,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         result["model_only"] = model_only(cands, names, args.batch_size, args.model_batches)
         result["model_only"]["load"] = round(os.getloadavg()[0], 2)
 
-        # The whole command vs eager fp32 model-only, alternating.
-        kept = ["onnxruntime"]
-        if isinstance(result["agreement"].get("onnxruntime_fp32"), dict):
-            kept = ["onnxruntime"] if result["agreement"]["onnxruntime_fp32"]["kept"] else []
-        backends = ["torch", *kept]
+        # The whole command vs eager fp32 model-only, alternating: each backend kept
+        # (without the validation tiles: each one measured).
+        same = {"torch": "torch_fp32", "onnxruntime": "onnxruntime_fp32"}
+        if "torch_bf16_convs" in cands.fns:
+            same["torch-bf16"] = "torch_bf16_convs"
+        backends = [
+            b
+            for b, cand in same.items()
+            if b == "torch" or result["agreement"].get(cand, {"kept": True})["kept"]
+        ]
         scene = write_scene(tmp / "scene.tif", args.size)
         tiles = (args.size // meta.tile_size) ** 2
         # The first run exports the graph into the cache (the command's one-time cost).
@@ -283,7 +295,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for backend in backends:
             classify_command(warm, tmp / "warm_out", backend, args.batch_size)
         rounds = []
-        same = {"torch": "torch_fp32", "onnxruntime": "onnxruntime_fp32"}
         for _ in range(args.rounds):
             names = [same[b] for b in backends]
             ref = model_only(cands, names, args.batch_size, args.ref_batches)

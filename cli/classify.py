@@ -186,7 +186,7 @@ def _print_summary(summary: dict) -> None:
         f"{summary['scene']}: {summary['classified']} of {summary['tiles']} tiles classified "
         f"({summary['skipped']} nodata skipped, {summary['padded']} padded{journal}) in "
         f"{summary['seconds']:.1f} s, {summary['tiles_per_s']:.1f} tiles/s on {summary['device']}"
-        f" (AMP {summary['amp']})",
+        f" (AMP {summary['amp']}, backend {summary['backend']})",
         f"  classes: {top or 'none'}",
         f"  areas:   {_top_areas(summary['areas'])}",
         f"  tiles:   {summary['outputs']['gpkg']} (layers tiles, landuse: "

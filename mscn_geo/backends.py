@@ -9,6 +9,14 @@ softmax probabilities on that device; ``device``, ``amp`` and
 
 ``torch``
     Eager PyTorch (optionally ``torch.compile``), CPU or CUDA, AMP on request.
+``torch-bf16``
+    Eager PyTorch on the CPU with only the convolutions in bf16 (the model's
+    ``forward_mixed``: MSCN's attention fusions, enhancer and head stay float32),
+    for CPUs with native bf16 arithmetic (AVX512-BF16 or AMX: :func:`native_bf16`).
+    On the bundled model: the same class as fp32 on every one of the 1,680 UC
+    Merced images, probabilities within 0.006, the model 1.5x faster than ONNX
+    Runtime fp32 on 2 cores (benchmarks/bench_backends.py). The CPU default where
+    it applies.
 ``onnxruntime``
     The graph ``mscn-geo export`` writes (:func:`mscn_geo.onnx_export.export_onnx`,
     checked against PyTorch when exported), run by ONNX Runtime's CPU execution
@@ -20,8 +28,9 @@ softmax probabilities on that device; ``device``, ``amp`` and
 
 Candidates measured and *not* offered, because they disagree with fp32 beyond the
 project's bar (same class on >= 99.5 % of validation tiles and probabilities
-within 0.01): bf16 autocast on CPU (still available as ``amp``) and static int8
-quantisation in ONNX Runtime (figures in the README's Performance section).
+within 0.01): whole-model bf16 autocast on CPU (0.09; still available as ``amp``)
+and static int8 quantisation in ONNX Runtime (figures in the README's Performance
+section).
 """
 
 from __future__ import annotations
@@ -56,9 +65,11 @@ __all__ = [
     "Runner",
     "cache_dir",
     "export_graph",
+    "native_bf16",
     "onnxruntime_available",
     "prepare_runner",
     "resolve_backend",
+    "supports_mixed",
 ]
 
 #: Bumped whenever the exported graph changes for the same weights, so cached
@@ -66,7 +77,10 @@ __all__ = [
 GRAPH_REVISION = 2
 
 #: Names accepted by ``--backend`` (``auto`` picks one per device).
-BACKENDS = ("auto", "torch", "onnxruntime")
+BACKENDS = ("auto", "torch", "torch-bf16", "onnxruntime")
+
+#: /proc/cpuinfo flags of native bf16 arithmetic that oneDNN's convolutions use.
+_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 
 
 class Runner(Protocol):
@@ -90,11 +104,38 @@ def onnxruntime_available() -> bool:
         return False
 
 
-def resolve_backend(name: str, device: torch.device, amp: torch.dtype | None) -> str:
-    """The backend that runs: ``auto`` -> ``onnxruntime`` for fp32 on CPU, else ``torch``.
+def native_bf16(cpuinfo: str | os.PathLike[str] = "/proc/cpuinfo") -> bool:
+    """Whether this CPU computes in bf16 natively (AVX512-BF16 or AMX; Linux x86).
+
+    Elsewhere bf16 convolutions are emulated and slower than float32, so
+    ``torch-bf16`` is not picked by ``auto`` (nor accepted by name).
+    """
+    try:
+        text = Path(cpuinfo).read_text(errors="replace")
+    except OSError:
+        return False
+    flags = next((line for line in text.splitlines() if line.startswith("flags")), "")
+    return not _BF16_FLAGS.isdisjoint(flags.partition(":")[2].split())
+
+
+def supports_mixed(model: Any) -> bool:
+    """Whether ``model`` has ``forward_mixed`` (convolutions in bf16, the rest fp32)."""
+    return callable(getattr(model, "forward_mixed", None))
+
+
+def resolve_backend(
+    name: str, device: torch.device, amp: torch.dtype | None, model: Any = None
+) -> str:
+    """The backend that runs ``model`` (an ``nn.Module``).
+
+    ``auto`` on the CPU without AMP: ``torch-bf16`` for a model with
+    ``forward_mixed`` on a CPU with :func:`native_bf16`, else ``onnxruntime``
+    when installed, else ``torch``; with AMP or on CUDA: ``torch``.
 
     Raises:
-        OptionError: unknown name; ``onnxruntime`` on CUDA, with AMP, or not installed.
+        OptionError: unknown name; ``onnxruntime`` or ``torch-bf16`` on CUDA or with
+            AMP; ``onnxruntime`` not installed; ``torch-bf16`` for a model without
+            ``forward_mixed`` or on a CPU without native bf16.
     """
     name = name.strip().lower()
     if name not in BACKENDS:
@@ -102,21 +143,38 @@ def resolve_backend(name: str, device: torch.device, amp: torch.dtype | None) ->
             f"backend must be one of {', '.join(BACKENDS)}, got {name!r}", field="backend"
         )
     if name == "auto":
-        cpu_fp32 = device.type == "cpu" and amp is None
-        return "onnxruntime" if cpu_fp32 and onnxruntime_available() else "torch"
-    if name == "onnxruntime":
+        if device.type != "cpu" or amp is not None:
+            return "torch"
+        if supports_mixed(model) and native_bf16():
+            return "torch-bf16"
+        return "onnxruntime" if onnxruntime_available() else "torch"
+    if name in ("onnxruntime", "torch-bf16"):
         if device.type != "cpu":
             raise OptionError(
-                "backend='onnxruntime' runs on the CPU only (use device='cpu')",
+                f"backend={name!r} runs on the CPU only (use device='cpu')",
                 field=("backend", "device"),
             )
         if amp is not None:
             raise OptionError(
-                "backend='onnxruntime' is fp32 only (use amp=False)", field=("backend", "amp")
+                f"backend={name!r} sets its own precision (use amp=False)",
+                field=("backend", "amp"),
             )
-        if not onnxruntime_available():
+    if name == "onnxruntime" and not onnxruntime_available():
+        raise OptionError(
+            "backend='onnxruntime' needs the onnxruntime and onnxscript packages",
+            field="backend",
+        )
+    if name == "torch-bf16":
+        if model is not None and not supports_mixed(model):
             raise OptionError(
-                "backend='onnxruntime' needs the onnxruntime and onnxscript packages",
+                f"backend='torch-bf16' needs a model with mixed precision (MSCN); "
+                f"{type(model).__name__} has none (use backend='torch' with amp=True)",
+                field="backend",
+            )
+        if not native_bf16():
+            raise OptionError(
+                "backend='torch-bf16' needs a CPU with native bf16 (AVX512-BF16 or AMX); "
+                "this one would emulate it, slower than float32",
                 field="backend",
             )
     return name
@@ -243,9 +301,12 @@ def prepare_runner(
             tile size); default: the model's.
         threads: ONNX Runtime intra-op threads (default: ``torch.get_num_threads()``).
     """
-    chosen = resolve_backend(backend, device, amp)
-    if chosen == "torch":
-        runner: ModelRunner = prepare_model(model.model, device, amp, channels_last, compile)
+    chosen = resolve_backend(backend, device, amp, model.model)
+    if chosen in ("torch", "torch-bf16"):
+        mixed = torch.bfloat16 if chosen == "torch-bf16" else None
+        runner: ModelRunner = prepare_model(
+            model.model, device, amp, channels_last, compile, mixed=mixed
+        )
         return runner
     key = (tile_size or model.meta.tile_size, threads or torch.get_num_threads())
     with _SESSIONS_LOCK:

@@ -11,6 +11,7 @@ import os
 import time
 from pathlib import Path
 
+from mscn_geo.backends import resolve_backend
 from mscn_geo.background import InOrderWorker
 from mscn_geo.device import amp_name
 from mscn_geo.errors import OptionError, OutputError
@@ -198,6 +199,7 @@ def _classify(
         seconds=time.perf_counter() - start,
         device=str(device),
         amp=amp_name(amp),
+        backend=resolve_backend(options.backend, device, amp, model.model),
         model_path=str(model.path) if model.path else "<memory>",
         model_label=model.label,
         trained=meta.trained,

@@ -48,8 +48,10 @@ class ClassifyOptions:
     )
     backend: str = option(
         "auto",
-        help="What runs the model: auto (ONNX Runtime for fp32 on CPU when installed, "
-        "else PyTorch), torch or onnxruntime (measured in the README, Performance).",
+        help="What runs the model: auto, torch, torch-bf16 (CPU: convolutions in bf16, "
+        "the rest fp32) or onnxruntime (CPU, fp32). auto on CPU without AMP: torch-bf16 "
+        "where the CPU has native bf16 and the model is an MSCN, else onnxruntime when "
+        "installed, else torch (measured in the README, Performance).",
     )
     workers: int | None = option(
         None,

@@ -34,6 +34,7 @@ class SceneResult:
     seconds: float
     device: str
     amp: str
+    backend: str
     model_path: str
     model_label: str
     trained: bool
@@ -68,6 +69,7 @@ class SceneResult:
             "tiles_per_s": round(self.tiles_per_s, 2),
             "device": self.device,
             "amp": self.amp,
+            "backend": self.backend,
             "model": {"path": self.model_path, "label": self.model_label, "trained": self.trained},
             "outputs": {k: str(Path(v).absolute()) for k, v in self.outputs.items()},
             "areas": self.areas,

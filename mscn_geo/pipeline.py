@@ -21,6 +21,7 @@ scene size.
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -230,8 +231,13 @@ def prepare_model(
     amp: torch.dtype | None,
     channels_last: bool = True,
     compile: bool = False,
+    *,
+    mixed: torch.dtype | None = None,
 ) -> ModelRunner:
     """A copy of ``model`` on ``device`` in eval mode; channels-last and ``torch.compile`` optional.
+
+    ``mixed`` (with ``amp`` None): run ``model.forward_mixed(x, mixed)``, the
+    convolutions in that dtype and the rest in float32 (the ``torch-bf16`` backend).
 
     The caller's module is left as it was (device, train/eval mode, memory
     format, attributes): the runner holds its own copy, freed with the runner.
@@ -245,8 +251,10 @@ def prepare_model(
     net: nn.Module = copy.deepcopy(model).eval().requires_grad_(False).to(device)
     net = net.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     runner: Callable[[torch.Tensor], torch.Tensor] = net
+    if mixed is not None:
+        runner = functools.partial(net.forward_mixed, dtype=mixed)  # type: ignore[operator]
     if compile:
-        runner = torch.compile(net, dynamic=False)  # type: ignore[assignment]
+        runner = torch.compile(runner, dynamic=False)  # type: ignore[assignment]
     return ModelRunner(runner, device, amp, channels_last)
 
 

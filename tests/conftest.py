@@ -15,7 +15,8 @@ from mscn_geo.models import LoadedModel, ModelMeta, create_model, load_checkpoin
 
 TINY_CLASSES = ["water", "forest", "urban"]
 TINY_TILE = 64
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
 
 
 def _write_scene(

@@ -64,7 +64,7 @@ def test_classifier_matches_classify_on_generated_tiles(
     tiny_exports, tiny_model, make_scene, tmp_path
 ):
     scene = make_scene(4 * TINY_TILE, 3 * TINY_TILE, nodata=None)
-    _, frame, _, _ = classify_and_read(scene, tiny_model, tmp_path / "out")
+    _, frame, _, _ = classify_and_read(scene, tiny_model, tmp_path / "out", backend="onnxruntime")
     want = frame.sort_values(["row", "col"])[[f"p_{c}" for c in TINY_CLASSES]].to_numpy()
     session = _session(tiny_exports["classifier"].path)
     tiles = _tiles(scene, TINY_TILE)
