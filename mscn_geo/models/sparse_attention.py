@@ -27,7 +27,9 @@ where ``torch.topk`` would break them arbitrarily.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -76,10 +78,39 @@ def _select_cpu(x: Tensor, k: int) -> Tensor:
 
     numpy's quickselect (vectorised) is 3-5x faster than ``torch.topk`` here (a
     1,024-score row, k = 512: 10.6 ms for 8,192 rows on one thread against 52 ms on
-    two); only the order inside the set differs.
+    two); only the order inside the set differs. The rows are shared out to
+    ``torch.get_num_threads()`` threads (numpy releases the GIL): 1.5x on 2 cores.
     """
     n = x.shape[-1]
-    return torch.from_numpy(np.partition(x.detach().numpy(), n - k, axis=-1)[..., n - k :])
+    rows = x.detach().reshape(-1, n).numpy()
+    out = np.empty((rows.shape[0], k), rows.dtype)
+
+    def select(part: slice) -> None:
+        out[part] = np.partition(rows[part], n - k, axis=-1)[:, n - k :]
+
+    threads = min(torch.get_num_threads(), max(1, rows.size // _MIN_ELEMENTS_PER_THREAD))
+    step = -(-rows.shape[0] // threads)
+    parts = [slice(i, i + step) for i in range(0, rows.shape[0], step)]
+    if len(parts) == 1:
+        select(parts[0])
+    else:
+        list(_selection_pool(threads).map(select, parts))  # re-raises a worker's error
+    return torch.from_numpy(out).view(*x.shape[:-1], k)
+
+
+# Below this many scores per thread, handing rows to another thread costs more
+# than it saves (about 50 us a hand-off).
+_MIN_ELEMENTS_PER_THREAD = 1 << 16
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _selection_pool(threads: int) -> ThreadPoolExecutor:
+    """One pool per thread count, made on first use and kept for the process."""
+    with _POOLS_LOCK:
+        if threads not in _POOLS:
+            _POOLS[threads] = ThreadPoolExecutor(threads, thread_name_prefix="mscn-geo-select")
+        return _POOLS[threads]
 
 
 def _top_sets(
