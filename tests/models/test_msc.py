@@ -167,3 +167,24 @@ def test_cuda_amp_matches_fp32(dtype):
     with torch.autocast("cuda", dtype=dtype):
         m(xg, y).float().sum().backward()
     assert torch.isfinite(xg.grad).all()
+
+
+@pytest.mark.parametrize(
+    ("shape", "k", "threads"),
+    [
+        ((3, 700, 1024), 512, 2),  # rows shared out to two threads
+        ((5, 333, 256), 42, 3),  # uneven parts
+        ((1, 1, 64), 32, 2),  # too small to share: one thread
+        ((2, 300, 1024), 1024, 2),  # k = n: the whole row
+    ],
+)
+def test_cpu_selection_gives_the_k_largest_of_each_row(shape, k, threads, monkeypatch):
+    from mscn_geo.models import sparse_attention
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    x = torch.randn(shape)
+    x[0, 0] = 1.0  # a row of ties
+    got = sparse_attention._select_cpu(x, k)
+    want = torch.topk(x, k, dim=-1).values
+    assert got.shape == (*shape[:-1], k)
+    torch.testing.assert_close(got.sort(-1).values, want.sort(-1).values, rtol=0, atol=0)
