@@ -36,6 +36,7 @@ section).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import importlib.util
 import json
@@ -110,12 +111,19 @@ def native_bf16(cpuinfo: str | os.PathLike[str] = "/proc/cpuinfo") -> bool:
     Elsewhere bf16 convolutions are emulated and slower than float32, so
     ``torch-bf16`` is not picked by ``auto`` (nor accepted by name).
     """
+    return not _BF16_FLAGS.isdisjoint(_cpu_flags(os.fspath(cpuinfo)))
+
+
+@functools.lru_cache(maxsize=4)
+def _cpu_flags(cpuinfo: str) -> frozenset[str]:
+    """The first ``flags`` line of a cpuinfo file, read once per process (on a
+    many-core machine the kernel takes milliseconds to write the file)."""
     try:
         text = Path(cpuinfo).read_text(errors="replace")
     except OSError:
-        return False
+        return frozenset()
     flags = next((line for line in text.splitlines() if line.startswith("flags")), "")
-    return not _BF16_FLAGS.isdisjoint(flags.partition(":")[2].split())
+    return frozenset(flags.partition(":")[2].split())
 
 
 def supports_mixed(model: Any) -> bool:

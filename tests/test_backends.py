@@ -46,13 +46,16 @@ def test_auto_picks_by_device_precision_model_and_cpu(native, bf16_cpu, tiny_mod
 
 
 def test_native_bf16_reads_the_cpu_flags(tmp_path):
-    info = tmp_path / "cpuinfo"
-    info.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 sha_ni\n")
-    assert backends.native_bf16(info)
-    info.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_vnni\n")
-    assert not backends.native_bf16(info)
-    info.write_text("flags\t\t: fpu amx_tile amx_bf16\n")
-    assert backends.native_bf16(info)
+    cpus = {
+        "bf16": "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 sha_ni\n",
+        "vnni": "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_vnni\n",
+        "amx": "flags\t\t: fpu amx_tile amx_bf16\n",
+    }
+    for name, text in cpus.items():
+        (tmp_path / name).write_text(text)
+    assert backends.native_bf16(tmp_path / "bf16")
+    assert not backends.native_bf16(tmp_path / "vnni")
+    assert backends.native_bf16(tmp_path / "amx")
     assert not backends.native_bf16(tmp_path / "missing")
 
 
