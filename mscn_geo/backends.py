@@ -14,7 +14,7 @@ softmax probabilities on that device; ``device``, ``amp`` and
     ``forward_mixed``: MSCN's attention fusions, enhancer and head stay float32),
     for CPUs with native bf16 arithmetic (AVX512-BF16 or AMX: :func:`native_bf16`).
     On the bundled model: the same class as fp32 on every one of the 1,680 UC
-    Merced images, probabilities within 0.006; the model 1.25x ONNX Runtime
+    Merced images, probabilities within 0.006; the model 1.3x ONNX Runtime
     fp32's speed on 2 cores, the whole command 1.2x (benchmarks/bench_backends.py).
     The CPU default where it applies.
 ``onnxruntime``

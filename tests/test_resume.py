@@ -187,6 +187,10 @@ def test_resume_refuses_a_different_run_journal(make_scene, tiny_model, tmp_path
     changed = ClassifyOptions(**{**options.__dict__, "batch_size": 4})
     with pytest.raises(OptionError, match=r"\(batch_size changed\)"):
         classify_scene(scene, tiny_model, changed)
+    # auto ran torch-bf16 or onnxruntime, never fp32 PyTorch: other probabilities.
+    changed = ClassifyOptions(**{**options.__dict__, "backend": "torch"})
+    with pytest.raises(OptionError, match=r"\(backend changed\)"):
+        classify_scene(scene, tiny_model, changed)
     os.utime(scene, ns=(0, 0))  # the scene changed on disk
     with pytest.raises(OptionError, match=r"\(scene_mtime_ns changed\)"):
         classify_scene(scene, tiny_model, options)
