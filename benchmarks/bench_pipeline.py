@@ -156,7 +156,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "batch_size": args.batch_size,
                 "workers": args.workers,
                 "amp": amp_name(amp),
-                "backend": resolve_backend(options.backend, device, amp, model.model),
+                "backend": resolve_backend(options.backend, device, amp, model),
                 "channels_last": options.channels_last,
                 "compile": options.compile,
                 "prepare_s": round(compile_s, 2),

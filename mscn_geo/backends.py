@@ -126,15 +126,22 @@ def _cpu_flags(cpuinfo: str) -> frozenset[str]:
     return frozenset(flags.partition(":")[2].split())
 
 
-def supports_mixed(model: Any) -> bool:
-    """Whether ``model`` has ``forward_mixed`` (convolutions in bf16, the rest fp32)."""
+def supports_mixed(model: LoadedModel | Any) -> bool:
+    """Whether ``model`` (a :class:`LoadedModel`, not built for the question, or a
+    network) has ``forward_mixed`` (convolutions in bf16, the rest fp32)."""
+    if isinstance(model, LoadedModel):
+        return model.mixed_precision
     return callable(getattr(model, "forward_mixed", None))
+
+
+def _arch_name(model: Any) -> str:
+    return model.arch if isinstance(model, LoadedModel) else type(model).__name__
 
 
 def resolve_backend(
     name: str, device: torch.device, amp: torch.dtype | None, model: Any = None
 ) -> str:
-    """The backend that runs ``model`` (an ``nn.Module``).
+    """The backend that runs ``model`` (a :class:`LoadedModel`, or a network).
 
     ``auto`` on the CPU without AMP: ``torch-bf16`` for a model with
     ``forward_mixed`` on a CPU with :func:`native_bf16`, else ``onnxruntime``
@@ -176,7 +183,7 @@ def resolve_backend(
         if model is not None and not supports_mixed(model):
             raise OptionError(
                 f"backend='torch-bf16' needs a model with mixed precision (MSCN); "
-                f"{type(model).__name__} has none (use backend='torch' with amp=True)",
+                f"{_arch_name(model)} has none (use backend='torch' with amp=True)",
                 field="backend",
             )
         if not native_bf16():
@@ -309,7 +316,7 @@ def prepare_runner(
             tile size); default: the model's.
         threads: ONNX Runtime intra-op threads (default: ``torch.get_num_threads()``).
     """
-    chosen = resolve_backend(backend, device, amp, model.model)
+    chosen = resolve_backend(backend, device, amp, model)
     if chosen in ("torch", "torch-bf16"):
         mixed = torch.bfloat16 if chosen == "torch-bf16" else None
         runner: ModelRunner = prepare_model(

@@ -199,7 +199,7 @@ def _classify(
         seconds=time.perf_counter() - start,
         device=str(device),
         amp=amp_name(amp),
-        backend=resolve_backend(options.backend, device, amp, model.model),
+        backend=resolve_backend(options.backend, device, amp, model),
         model_path=str(model.path) if model.path else "<memory>",
         model_label=model.label,
         trained=meta.trained,

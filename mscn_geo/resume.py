@@ -152,7 +152,7 @@ def run_fingerprint(
             "device": device.type,
             "amp": amp_name(amp),
             # torch-bf16 moves probabilities by up to 0.006 against the fp32 backends.
-            "backend": resolve_backend(options.backend, device, amp, model.model),
+            "backend": resolve_backend(options.backend, device, amp, model),
             # A different area of interest skips different tiles.
             "aoi": info.aoi.digest() if info.aoi is not None else None,
         },

@@ -23,7 +23,7 @@ from torch import nn
 
 from mscn_geo.errors import CheckpointError, explain
 from mscn_geo.io.atomic import atomic_file
-from mscn_geo.models.registry import create_model, list_models
+from mscn_geo.models.registry import create_model, has_mixed_precision, list_models
 from mscn_geo.scaling import Scaling
 
 FORMAT = "mscn-geo-checkpoint"
@@ -147,6 +147,14 @@ class LoadedModel:
         """One-line description used in reports; flags untrained weights."""
         name = self.path.name if self.path else "<memory>"
         return f"{name} ({self.arch}, {self.meta.num_classes} classes, {self.meta.status})"
+
+    @property
+    def mixed_precision(self) -> bool:
+        """Whether the network has ``forward_mixed``, answered without building it."""
+        built = self.__dict__.get("_model")
+        if built is not None:
+            return callable(getattr(built, "forward_mixed", None))
+        return has_mixed_precision(self.arch)
 
     def weights(self) -> dict[str, torch.Tensor]:
         """The state dict: the built network's, else the stored fp32 weights (equal values)."""

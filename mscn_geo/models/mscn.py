@@ -133,17 +133,17 @@ class PlainResNet(nn.Module):
 
 
 # Widths d follow the authors: 512 with ResNet-50, 128 with ResNet-34 (and 18).
-@register_model
+@register_model(mixed_precision=True)
 def mscn_resnet18(num_classes: int, in_chans: int = 3, **kw: Any) -> MSCN:
     return MSCN("resnet18", num_classes, in_chans, **{"dim": 128, **kw})
 
 
-@register_model
+@register_model(mixed_precision=True)
 def mscn_resnet34(num_classes: int, in_chans: int = 3, **kw: Any) -> MSCN:
     return MSCN("resnet34", num_classes, in_chans, **{"dim": 128, **kw})
 
 
-@register_model
+@register_model(mixed_precision=True)
 def mscn_resnet50(num_classes: int, in_chans: int = 3, **kw: Any) -> MSCN:
     return MSCN("resnet50", num_classes, in_chans, **{"dim": 512, **kw})
 

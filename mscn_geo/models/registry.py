@@ -11,10 +11,28 @@ ModelFactory = Callable[..., nn.Module]
 _REGISTRY: dict[str, ModelFactory] = {}
 
 
-def register_model(factory: ModelFactory) -> ModelFactory:
-    """Decorator: make ``factory`` buildable as ``create_model(factory.__name__)``."""
-    _REGISTRY[factory.__name__] = factory
-    return factory
+_MIXED_PRECISION: set[str] = set()
+
+
+def register_model(factory: ModelFactory | None = None, *, mixed_precision: bool = False) -> Any:
+    """Decorator: make ``factory`` buildable as ``create_model(factory.__name__)``.
+
+    ``@register_model(mixed_precision=True)``: the model has ``forward_mixed``
+    (convolutions in bf16, the rest in float32), known without building it.
+    """
+
+    def add(f: ModelFactory) -> ModelFactory:
+        _REGISTRY[f.__name__] = f
+        if mixed_precision:
+            _MIXED_PRECISION.add(f.__name__)
+        return f
+
+    return add if factory is None else add(factory)
+
+
+def has_mixed_precision(name: str) -> bool:
+    """Whether the registered architecture ``name`` has ``forward_mixed``."""
+    return name in _MIXED_PRECISION
 
 
 def list_models() -> list[str]:
