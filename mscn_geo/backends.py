@@ -70,7 +70,6 @@ __all__ = [
     "onnxruntime_available",
     "prepare_runner",
     "resolve_backend",
-    "supports_mixed",
 ]
 
 #: Bumped whenever the exported graph changes for the same weights, so cached
@@ -126,26 +125,15 @@ def _cpu_flags(cpuinfo: str) -> frozenset[str]:
     return frozenset(flags.partition(":")[2].split())
 
 
-def supports_mixed(model: LoadedModel | Any) -> bool:
-    """Whether ``model`` (a :class:`LoadedModel`, not built for the question, or a
-    network) has ``forward_mixed`` (convolutions in bf16, the rest fp32)."""
-    if isinstance(model, LoadedModel):
-        return model.mixed_precision
-    return callable(getattr(model, "forward_mixed", None))
-
-
-def _arch_name(model: Any) -> str:
-    return model.arch if isinstance(model, LoadedModel) else type(model).__name__
-
-
 def resolve_backend(
-    name: str, device: torch.device, amp: torch.dtype | None, model: Any = None
+    name: str, device: torch.device, amp: torch.dtype | None, model: LoadedModel | None = None
 ) -> str:
-    """The backend that runs ``model`` (a :class:`LoadedModel`, or a network).
+    """The backend that runs ``model`` (asked by its architecture: never built for this).
 
     ``auto`` on the CPU without AMP: ``torch-bf16`` for a model with
-    ``forward_mixed`` on a CPU with :func:`native_bf16`, else ``onnxruntime``
-    when installed, else ``torch``; with AMP or on CUDA: ``torch``.
+    ``forward_mixed`` (:attr:`LoadedModel.mixed_precision`) on a CPU with
+    :func:`native_bf16`, else ``onnxruntime`` when installed, else ``torch``; with
+    AMP or on CUDA: ``torch``.
 
     Raises:
         OptionError: unknown name; ``onnxruntime`` or ``torch-bf16`` on CUDA or with
@@ -160,7 +148,7 @@ def resolve_backend(
     if name == "auto":
         if device.type != "cpu" or amp is not None:
             return "torch"
-        if supports_mixed(model) and native_bf16():
+        if model is not None and model.mixed_precision and native_bf16():
             return "torch-bf16"
         return "onnxruntime" if onnxruntime_available() else "torch"
     if name in ("onnxruntime", "torch-bf16"):
@@ -180,10 +168,10 @@ def resolve_backend(
             field="backend",
         )
     if name == "torch-bf16":
-        if model is not None and not supports_mixed(model):
+        if model is not None and not model.mixed_precision:
             raise OptionError(
                 f"backend='torch-bf16' needs a model with mixed precision (MSCN); "
-                f"{_arch_name(model)} has none (use backend='torch' with amp=True)",
+                f"{model.arch} has none (use backend='torch' with amp=True)",
                 field="backend",
             )
         if not native_bf16():

@@ -32,24 +32,17 @@ def bf16_cpu(monkeypatch):
 @pytest.mark.parametrize("native", [True, False])
 def test_auto_picks_by_device_precision_model_and_cpu(native, bf16_cpu, tiny_model):
     bf16_cpu(native)
-    plain = torch.nn.Linear(3, 3)  # no forward_mixed
-    assert resolve_backend("auto", CPU, None, tiny_model.model) == (
+    # The model is asked by its architecture: tiny_model is an MSCN, not yet built.
+    assert resolve_backend("auto", CPU, None, tiny_model) == (
         "torch-bf16" if native else "onnxruntime"
     )
-    assert resolve_backend("auto", CPU, None, plain) == "onnxruntime"
-    # A loaded model is asked by its architecture (not built for the question).
-    assert resolve_backend("auto", CPU, None, tiny_model) == resolve_backend(
-        "auto", CPU, None, tiny_model.model
-    )
-    baseline = LoadedModel("resnet18", {}, tiny_model.meta, state={})
+    baseline = LoadedModel("resnet18", {}, tiny_model.meta, state={})  # no forward_mixed
     assert resolve_backend("auto", CPU, None, baseline) == "onnxruntime"
     assert resolve_backend("auto", CPU, None) == "onnxruntime"
-    assert resolve_backend("auto", CPU, torch.bfloat16, tiny_model.model) == "torch"
-    assert (
-        resolve_backend("auto", torch.device("cuda"), torch.bfloat16, tiny_model.model) == "torch"
-    )
-    assert resolve_backend("auto", torch.device("cuda"), None, tiny_model.model) == "torch"
-    assert resolve_backend(" Torch ", CPU, None, tiny_model.model) == "torch"
+    assert resolve_backend("auto", CPU, torch.bfloat16, tiny_model) == "torch"
+    assert resolve_backend("auto", torch.device("cuda"), torch.bfloat16, tiny_model) == "torch"
+    assert resolve_backend("auto", torch.device("cuda"), None, tiny_model) == "torch"
+    assert resolve_backend(" Torch ", CPU, None, tiny_model) == "torch"
 
 
 def test_native_bf16_reads_the_cpu_flags(tmp_path):
@@ -177,15 +170,13 @@ def test_a_cached_graph_runs_without_building_the_network(make_scene, tiny_check
 
 def test_torch_bf16_needs_a_mixed_model_and_native_bf16(bf16_cpu, tiny_model):
     bf16_cpu(True)
-    with pytest.raises(OptionError, match=r"needs a model with mixed precision.*Linear"):
-        resolve_backend("torch-bf16", CPU, None, torch.nn.Linear(3, 3))
     baseline = LoadedModel("resnet18", {}, tiny_model.meta, state={})
     with pytest.raises(OptionError, match=r"mixed precision \(MSCN\); resnet18 has none"):
         resolve_backend("torch-bf16", CPU, None, baseline)
-    assert resolve_backend("torch-bf16", CPU, None, tiny_model.model) == "torch-bf16"
+    assert resolve_backend("torch-bf16", CPU, None, tiny_model) == "torch-bf16"
     bf16_cpu(False)
     with pytest.raises(OptionError, match="needs a CPU with native bf16"):
-        resolve_backend("torch-bf16", CPU, None, tiny_model.model)
+        resolve_backend("torch-bf16", CPU, None, tiny_model)
 
 
 def test_torch_bf16_runs_convolutions_in_bf16_and_the_rest_in_fp32(tiny_checkpoint, bf16_cpu):
