@@ -154,3 +154,12 @@ def train(
         " (chosen on that split: optimistic; `mscn-geo evaluate` on held-out chips)"
     )
     print(f"  best: {summary['checkpoint']}\n  last: {summary['last']}\n  log:  {summary['log']}")
+    mixed = summary["mixed_precision"]
+    if mixed is None:
+        print("  bf16 agreement: not measured here (classify runs it in float32 by default)")
+    else:
+        verdict = "passes: bf16 on CPUs with native bf16" if mixed["passes"] else "fails: float32"
+        print(
+            f"  bf16 agreement: same class {100 * mixed['same_class']:.1f} %, "
+            f"max |dp| {mixed['max_abs_dp']:.4f} on {mixed['images']} images ({verdict})"
+        )

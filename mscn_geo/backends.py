@@ -16,7 +16,9 @@ softmax probabilities on that device; ``device``, ``amp`` and
     On the bundled model: the same class as fp32 on every one of the 1,680 UC
     Merced images, probabilities within 0.006; the model 1.3x ONNX Runtime
     fp32's speed on 2 cores, the whole command 1.2x (benchmarks/bench_backends.py).
-    The CPU default where it applies.
+    The CPU default where it applies: for checkpoints that record their own
+    agreement with float32 within the bar (``train`` measures it on its validation
+    images; :mod:`mscn_geo.mixed_agreement`), the bundled model's included.
 ``onnxruntime``
     The graph ``mscn-geo export`` writes (:func:`mscn_geo.onnx_export.export_onnx`,
     checked against PyTorch when exported), run by ONNX Runtime's CPU execution
@@ -52,6 +54,7 @@ import numpy as np
 import torch
 
 from mscn_geo.errors import OptionError
+from mscn_geo.mixed_agreement import recorded_agreement
 from mscn_geo.models.checkpoint import LoadedModel
 from mscn_geo.onnx_split import SelectionSplitSession, cached_split
 from mscn_geo.pipeline import ModelRunner, prepare_model
@@ -66,6 +69,7 @@ __all__ = [
     "Runner",
     "cache_dir",
     "export_graph",
+    "mixed_precision_checked",
     "native_bf16",
     "onnxruntime_available",
     "prepare_runner",
@@ -131,9 +135,9 @@ def resolve_backend(
     """The backend that runs ``model`` (asked by its architecture: never built for this).
 
     ``auto`` on the CPU without AMP: ``torch-bf16`` for a model with
-    ``forward_mixed`` (:attr:`LoadedModel.mixed_precision`) on a CPU with
-    :func:`native_bf16`, else ``onnxruntime`` when installed, else ``torch``; with
-    AMP or on CUDA: ``torch``.
+    ``forward_mixed`` whose checkpoint records that it agrees with float32
+    (:func:`mixed_precision_checked`) on a CPU with :func:`native_bf16`, else
+    ``onnxruntime`` when installed, else ``torch``; with AMP or on CUDA: ``torch``.
 
     Raises:
         OptionError: unknown name; ``onnxruntime`` or ``torch-bf16`` on CUDA or with
@@ -148,7 +152,7 @@ def resolve_backend(
     if name == "auto":
         if device.type != "cpu" or amp is not None:
             return "torch"
-        if model is not None and model.mixed_precision and native_bf16():
+        if model is not None and mixed_precision_checked(model) and native_bf16():
             return "torch-bf16"
         return "onnxruntime" if onnxruntime_available() else "torch"
     if name in ("onnxruntime", "torch-bf16"):
@@ -181,6 +185,19 @@ def resolve_backend(
                 field="backend",
             )
     return name
+
+
+def mixed_precision_checked(model: LoadedModel) -> bool:
+    """Whether ``model`` has ``forward_mixed`` and its checkpoint records that it
+    agrees with float32 within the project's bar (:mod:`mscn_geo.mixed_agreement`).
+
+    Checkpoints written before ``train`` measured it, and models whose record
+    misses the bar, are not run in bf16 unless asked for by name.
+    """
+    if not model.mixed_precision:
+        return False
+    record = recorded_agreement(model.meta.metrics)
+    return record is not None and record.passes
 
 
 @dataclass

@@ -32,8 +32,10 @@ def bf16_cpu(monkeypatch):
 @pytest.mark.parametrize("native", [True, False])
 def test_auto_picks_by_device_precision_model_and_cpu(native, bf16_cpu, tiny_model):
     bf16_cpu(native)
-    # The model is asked by its architecture: tiny_model is an MSCN, not yet built.
-    assert resolve_backend("auto", CPU, None, tiny_model) == (
+    # The model is asked by its architecture (tiny_model is an MSCN, not yet built) and
+    # its checkpoint's bf16 record: it has none, so float32 (test_mixed_agreement.py).
+    assert resolve_backend("auto", CPU, None, tiny_model) == "onnxruntime"
+    assert resolve_backend("auto", CPU, None, load_checkpoint()) == (
         "torch-bf16" if native else "onnxruntime"
     )
     baseline = LoadedModel("resnet18", {}, tiny_model.meta, state={})  # no forward_mixed

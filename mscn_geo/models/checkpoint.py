@@ -224,6 +224,16 @@ def save_checkpoint(
     return Path(path)
 
 
+def add_checkpoint_metrics(path: str | os.PathLike[str], metrics: dict[str, Any]) -> None:
+    """Add ``metrics`` to the checkpoint's ``meta.metrics``, everything else kept as
+    stored (weights, their dtype, training state); written atomically."""
+    payload = read_checkpoint(path)
+    meta = payload.setdefault("meta", {})
+    meta["metrics"] = {**meta.get("metrics", {}), **metrics}
+    with atomic_file(path) as tmp:
+        torch.save(payload, tmp)
+
+
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read and check a checkpoint file without building the model."""
     path = Path(path)

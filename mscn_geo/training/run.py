@@ -2,14 +2,15 @@
 
 check options -> claim output files -> load and split chips -> build model,
 optimiser, schedule -> (restore a resumed state) -> epochs (train, validate,
-keep the best, write the resumable state now and then) -> config and curves.
+keep the best, write the resumable state now and then) -> config and curves ->
+the best checkpoint's mixed-precision agreement with float32, recorded in it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +19,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from mscn_geo.augment import BatchAugment
+from mscn_geo.backends import native_bf16
 from mscn_geo.cpu_allocator import keep_large_allocations
 from mscn_geo.device import autocast_dtype, resolve_device
 from mscn_geo.errors import CheckpointError, DatasetError
 from mscn_geo.evaluate import eval_transform, evaluate_dataset
+from mscn_geo.mixed_agreement import MixedAgreement, record_mixed_agreement
 from mscn_geo.models import ModelMeta, create_model, read_checkpoint, save_checkpoint
 from mscn_geo.training.config import TrainConfig, config_for_resume, make_config
 from mscn_geo.training.data_setup import DEFAULT_PIXEL_SIZE_M, TrainingData, prepare_data
@@ -223,6 +226,7 @@ def train(
             on_epoch(entry)
     files.write_config(dataclasses.asdict(cfg))
     files.write_curve(history)
+    mixed = _record_mixed_agreement(files.out, device, (x for x, _ in val_loader))
     return {
         "best_val_overall_accuracy": best,
         "epochs": len(history),
@@ -235,8 +239,22 @@ def train(
         "last": str(files.last),
         "log": str(files.log),
         "selection": SELECTION_NOTE,
+        "mixed_precision": mixed.to_dict() if mixed is not None else None,
         "warnings": warnings,
     }
+
+
+def _record_mixed_agreement(
+    path: Path, device: torch.device, batches: Iterable[torch.Tensor]
+) -> MixedAgreement | None:
+    """The best checkpoint's bf16 agreement, measured and recorded in it where bf16
+    is native on ``device``; skipped (``None``) where it would be emulated (a CPU
+    without native bf16: several times slower than float32) or is unsupported
+    (older GPUs). Such a checkpoint runs in float32 by default."""
+    native = torch.cuda.is_bf16_supported() if device.type == "cuda" else native_bf16()
+    if not (native and path.is_file()):
+        return None
+    return record_mixed_agreement(path, batches, device)
 
 
 def _read_resume_state(path: Path) -> dict[str, Any]:
