@@ -156,8 +156,9 @@ def test_train_records_the_agreement_where_bf16_is_native(tmp_path, monkeypatch,
 
 
 def test_train_command_reports_the_recorded_agreement(tmp_path, monkeypatch, capsys):
-    from mscn_geo.training import run
     from mscn_geo_cli.main import main
+
+    from mscn_geo.training import run
 
     monkeypatch.setattr(run, "native_bf16", lambda: True)
     data = colour_chips(tmp_path / "data", 4, 32, 0, formats=("png",))
