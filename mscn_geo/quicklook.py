@@ -27,8 +27,10 @@ __all__ = [
     "LEGEND_WIDTH",
     "MAX_SIDE",
     "Quicklook",
+    "ScenePicture",
     "legend_rows",
     "quicklook_shape",
+    "read_scene_picture",
     "render_quicklook",
     "swatch_box",
 ]
@@ -81,8 +83,25 @@ def legend_rows(
     return [(i, f"{class_names[i]}  {100 * shares[i]:.1f} %") for i in present]
 
 
-def _scene_rgb(info: SceneInfo, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, bool]:
-    """(h, w, 3) uint8 scene colours, (h, w) validity, and whether overviews served the read."""
+@dataclass
+class ScenePicture:
+    """The scene part of a quicklook, which does not depend on the map: it can be
+    read while the scene is being classified (:func:`read_scene_picture`).
+
+    Attributes:
+        rgb: (h, w, 3) uint8 scene colours, as the model saw them.
+        valid: (h, w) bool, False where the scene is nodata.
+        from_overviews: whether the scene's overviews served the read.
+    """
+
+    rgb: np.ndarray
+    valid: np.ndarray
+    from_overviews: bool
+
+
+def read_scene_picture(info: SceneInfo, max_side: int = MAX_SIDE) -> ScenePicture:
+    """The scene at the quicklook's size (:func:`quicklook_shape`), read decimated."""
+    shape = quicklook_shape(info.width, info.height, max_side)
     bands = list(info.band_indexes)
     with rasterio.open(info.path) as ds:
         has_overviews = bool(ds.overviews(bands[0])) or max(ds.width, ds.height) <= max(shape)
@@ -96,7 +115,7 @@ def _scene_rgb(info: SceneInfo, shape: tuple[int, int]) -> tuple[np.ndarray, np.
         pixels = np.clip(pixels, 0, 255).astype(np.uint8)
     # Model bands other than three: the first three, or the first one as grey.
     rgb = pixels[:3] if len(bands) >= 3 else np.repeat(pixels[:1], 3, axis=0)
-    return np.moveaxis(rgb, 0, -1), valid, has_overviews
+    return ScenePicture(np.moveaxis(rgb, 0, -1), valid, has_overviews)
 
 
 def _classes(path: Path, shape: tuple[int, int]) -> np.ndarray:
@@ -115,6 +134,7 @@ def render_quicklook(
     values: Sequence[int] | None = None,
     max_side: int = MAX_SIDE,
     title: str | None = None,
+    scene: ScenePicture | None = None,
 ) -> Quicklook:
     """Render the scene with its class map and a legend.
 
@@ -129,6 +149,8 @@ def render_quicklook(
         values: the raster value of each class (default ``0, 1, ...``).
         max_side: longest side of the map part in pixels.
         title: legend title (default: the scene's file name).
+        scene: the scene's picture read beforehand with the same ``max_side``
+            (default: read here).
 
     Returns:
         A :class:`Quicklook` of ``(map width + LEGEND_WIDTH) x max(map height,
@@ -137,10 +159,13 @@ def render_quicklook(
     if len(colours) != len(class_names):
         raise ValueError(f"{len(class_names)} class names but {len(colours)} colours")
     shape = quicklook_shape(info.width, info.height, max_side)
-    rgb, valid, has_overviews = _scene_rgb(info, shape)
+    scene = scene or read_scene_picture(info, max_side)
+    if scene.valid.shape != shape:
+        raise ValueError(f"scene picture of {scene.valid.shape}, the quicklook needs {shape}")
+    rgb, valid = scene.rgb, scene.valid
     classes = _classes(class_raster, shape)
     warnings = []
-    if not has_overviews:
+    if not scene.from_overviews:
         warnings.append(
             f"{scene_name(info.path)} has no overviews: the quicklook read every pixel "
             "(add overviews, e.g. gdaladdo, to make it fast)"
