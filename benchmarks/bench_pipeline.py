@@ -54,13 +54,20 @@ def model_only(runner: Any, batch_size: int, tiles: int, tile_size: int) -> dict
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from mscn_geo.backends import prepare_runner, resolve_backend
     from mscn_geo.device import amp_name, autocast_dtype, resolve_device
+    from mscn_geo.models import load_checkpoint
     from mscn_geo.options import ClassifyOptions
     from mscn_geo.plan import plan_scene
     from mscn_geo.predict import predict_tiles
 
     device = resolve_device(args.device)
     result: dict[str, Any] = {"benchmark": "pipeline", "machine": machine(device)}
-    model = random_model(tile_size=args.tile_size)
+    # The bundled model by default: ``--backend auto`` then picks what a user's run
+    # picks (torch-bf16 needs the checkpoint's agreement record; random weights have none).
+    model = load_checkpoint() if args.model == "bundled" else random_model(args.tile_size)
+    if model.meta.tile_size != args.tile_size:
+        raise SystemExit(
+            f"--tile-size {args.tile_size}: the bundled model's is 256 (--model random)"
+        )
     options = ClassifyOptions(
         batch_size=args.batch_size,
         device=str(device),
@@ -152,7 +159,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "generate_s": round(gen_s, 2),
             },
             "config": {
-                "model": "mscn_resnet18 (random weights)",
+                "model": model.label if args.model == "bundled" else "mscn_resnet18 (random)",
                 "batch_size": args.batch_size,
                 "workers": args.workers,
                 "amp": amp_name(amp),
@@ -188,9 +195,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--channels-last", choices=["on", "off"], default="on")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
-    parser.add_argument("--backend", default="auto", help="auto, torch or onnxruntime")
+    parser.add_argument("--backend", default="auto", help="auto, torch-bf16, torch, onnxruntime")
     parser.add_argument("--amp", choices=["auto", "on", "off"], default="auto")
     parser.add_argument("--rounds", type=int, default=3, help="model-only/classify pairs")
+    parser.add_argument(
+        "--model", choices=["bundled", "random"], default="bundled", help="weights (same speed)"
+    )
     parser.add_argument("--out", type=Path, default=None, help="JSON file to write")
     args = parser.parse_args(argv)
     from _common import finish

@@ -28,7 +28,11 @@ def plan(device: str, quick: bool, extra: bool = False) -> list[tuple[str, str, 
     if quick:  # seconds: the smoke test's sizes
         tiny = ["--device", device]
         return [
-            ("pipeline", "bench_pipeline.py", [*tiny, "--size", "256", "--tile-size", "64"]),
+            (
+                "pipeline",
+                "bench_pipeline.py",
+                [*tiny, "--size", "256", "--tile-size", "64", "--model", "random"],
+            ),
             ("scale", "bench_scale.py", [*tiny, "--sizes", "300", "600"]),
             ("torchgeo", "bench_torchgeo.py", [*tiny, "--size", "256", "--tile-size", "64"]),
         ]
@@ -56,7 +60,7 @@ def plan(device: str, quick: bool, extra: bool = False) -> list[tuple[str, str, 
     else:
         cpu = ["--device", "cpu"]
         runs = [
-            ("pipeline_cpu", "bench_pipeline.py", cpu),  # backend auto: ONNX Runtime
+            ("pipeline_cpu", "bench_pipeline.py", cpu),  # backend auto (torch-bf16 here)
             (
                 "pipeline_cpu_torch",
                 "bench_pipeline.py",
