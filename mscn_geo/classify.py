@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from mscn_geo.backends import resolve_backend
@@ -24,7 +23,6 @@ from mscn_geo.outputs import SceneResult, tiles_frame
 from mscn_geo.plan import ScenePlan, crs_name, plan_scene
 from mscn_geo.predict import Predictor, ProgressCallback, predict_tiles
 from mscn_geo.products import write_map_products
-from mscn_geo.quicklook import read_scene_picture
 from mscn_geo.remote import as_scene, remote_access
 from mscn_geo.resume import predict_resumable, run_journal
 from mscn_geo.stac_in import stac_source
@@ -123,11 +121,6 @@ def _classify(
     finals = list(paths.values())
     remove_stale_temporaries(out_dir)
     with (
-        # The quicklook's picture of the scene does not depend on the map: read on
-        # its own thread while the model is built (an import on one core) and runs,
-        # not after the loop (GDAL releases the GIL; a scene without overviews is
-        # decoded whole for it).
-        ThreadPoolExecutor(1, thread_name_prefix="mscn-geo-quicklook") as early,
         claim_outputs(finals),
         run_journal(scene, plan, model, options, finals) as journal,
         atomic_outputs(
@@ -135,7 +128,6 @@ def _classify(
         ) as temps,
     ):
         tmp = dict(zip(names, temps, strict=True))
-        picture = early.submit(read_scene_picture, info) if options.quicklook else None
         streamed = journal is None and predictor is None
         legend = map_legend(meta.class_names, options.min_confidence)
         with MapWriter(
@@ -173,14 +165,7 @@ def _classify(
         extra = list(zip(classes[k:], colours[k:], strict=True))  # uncertain
         write_tiles_gpkg(tmp["gpkg"], frame, meta.class_names, colours[:k], extra_classes=extra)
         products = write_map_products(
-            tmp,
-            info,
-            maps.cell_map(),
-            classes,
-            colours,
-            maps.areas,
-            values,
-            scene_picture=picture.result() if picture is not None else None,
+            tmp, info, maps.cell_map(), classes, colours, maps.areas, values
         )
         warnings.extend(products.warnings)
         if options.stac:  # last: it lists the outputs written

@@ -23,7 +23,7 @@ import numpy as np
 from mscn_geo.areas import AreaTally, SceneAreas, write_areas_csv
 from mscn_geo.io.vector import write_landuse_layer
 from mscn_geo.landuse import NODATA_CELL, landuse_frame, scene_footprint
-from mscn_geo.quicklook import ScenePicture, render_quicklook
+from mscn_geo.quicklook import render_quicklook
 from mscn_geo.reader import SceneInfo
 
 __all__ = ["CellMap", "MapProducts", "write_map_products"]
@@ -65,7 +65,6 @@ def write_map_products(
     colours: Sequence[tuple[int, int, int]],
     tally: AreaTally,
     values: Sequence[int] | None = None,
-    scene_picture: ScenePicture | None = None,
 ) -> MapProducts:
     """Write the land-use layer, the areas CSV and (when in ``paths``) the quicklook.
 
@@ -78,7 +77,6 @@ def write_map_products(
         tally: the class raster's pixels, tallied as it was written
             (:attr:`~mscn_geo.map_writer.MapWriter.areas`).
         values: raster value of each class (default ``0, 1, ...``).
-        scene_picture: the quicklook's scene part, read beforehand (default: read here).
     """
     areas = tally.result(class_names, values)
     write_areas_csv(paths["areas"], areas)
@@ -100,7 +98,7 @@ def write_map_products(
     if "quicklook" in paths:
         shares = [c.share for c in areas.classes] if areas.valid_pixels else None
         quicklook = render_quicklook(
-            info, paths["raster"], class_names, colours, shares, values=values, scene=scene_picture
+            info, paths["raster"], class_names, colours, shares, values=values
         )
         quicklook.save(paths["quicklook"])
         warnings.extend(quicklook.warnings)

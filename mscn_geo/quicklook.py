@@ -27,10 +27,8 @@ __all__ = [
     "LEGEND_WIDTH",
     "MAX_SIDE",
     "Quicklook",
-    "ScenePicture",
     "legend_rows",
     "quicklook_shape",
-    "read_scene_picture",
     "render_quicklook",
     "swatch_box",
 ]
@@ -83,25 +81,8 @@ def legend_rows(
     return [(i, f"{class_names[i]}  {100 * shares[i]:.1f} %") for i in present]
 
 
-@dataclass
-class ScenePicture:
-    """The scene part of a quicklook, which does not depend on the map: it can be
-    read while the scene is being classified (:func:`read_scene_picture`).
-
-    Attributes:
-        rgb: (h, w, 3) uint8 scene colours, as the model saw them.
-        valid: (h, w) bool, False where the scene is nodata.
-        from_overviews: whether the scene's overviews served the read.
-    """
-
-    rgb: np.ndarray
-    valid: np.ndarray
-    from_overviews: bool
-
-
-def read_scene_picture(info: SceneInfo, max_side: int = MAX_SIDE) -> ScenePicture:
-    """The scene at the quicklook's size (:func:`quicklook_shape`), read decimated."""
-    shape = quicklook_shape(info.width, info.height, max_side)
+def _scene_rgb(info: SceneInfo, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, bool]:
+    """(h, w, 3) uint8 scene colours, (h, w) validity, and whether overviews served the read."""
     bands = list(info.band_indexes)
     with rasterio.open(info.path) as ds:
         has_overviews = bool(ds.overviews(bands[0])) or max(ds.width, ds.height) <= max(shape)
@@ -115,7 +96,7 @@ def read_scene_picture(info: SceneInfo, max_side: int = MAX_SIDE) -> ScenePictur
         pixels = np.clip(pixels, 0, 255).astype(np.uint8)
     # Model bands other than three: the first three, or the first one as grey.
     rgb = pixels[:3] if len(bands) >= 3 else np.repeat(pixels[:1], 3, axis=0)
-    return ScenePicture(np.moveaxis(rgb, 0, -1), valid, has_overviews)
+    return np.moveaxis(rgb, 0, -1), valid, has_overviews
 
 
 def _classes(path: Path, shape: tuple[int, int]) -> np.ndarray:
@@ -134,7 +115,6 @@ def render_quicklook(
     values: Sequence[int] | None = None,
     max_side: int = MAX_SIDE,
     title: str | None = None,
-    scene: ScenePicture | None = None,
 ) -> Quicklook:
     """Render the scene with its class map and a legend.
 
@@ -149,8 +129,6 @@ def render_quicklook(
         values: the raster value of each class (default ``0, 1, ...``).
         max_side: longest side of the map part in pixels.
         title: legend title (default: the scene's file name).
-        scene: the scene's picture read beforehand with the same ``max_side``
-            (default: read here).
 
     Returns:
         A :class:`Quicklook` of ``(map width + LEGEND_WIDTH) x max(map height,
@@ -159,13 +137,10 @@ def render_quicklook(
     if len(colours) != len(class_names):
         raise ValueError(f"{len(class_names)} class names but {len(colours)} colours")
     shape = quicklook_shape(info.width, info.height, max_side)
-    scene = scene or read_scene_picture(info, max_side)
-    if scene.valid.shape != shape:
-        raise ValueError(f"scene picture of {scene.valid.shape}, the quicklook needs {shape}")
-    rgb, valid = scene.rgb, scene.valid
+    rgb, valid, has_overviews = _scene_rgb(info, shape)
     classes = _classes(class_raster, shape)
     warnings = []
-    if not scene.from_overviews:
+    if not has_overviews:
         warnings.append(
             f"{scene_name(info.path)} has no overviews: the quicklook read every pixel "
             "(add overviews, e.g. gdaladdo, to make it fast)"

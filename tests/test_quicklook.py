@@ -13,14 +13,7 @@ from rasterio.transform import from_origin
 from rasterio.windows import Window
 
 from mscn_geo.io import ClassRasterWriter, class_colours
-from mscn_geo.quicklook import (
-    ALPHA,
-    LEGEND_WIDTH,
-    legend_rows,
-    read_scene_picture,
-    render_quicklook,
-    swatch_box,
-)
+from mscn_geo.quicklook import ALPHA, LEGEND_WIDTH, legend_rows, render_quicklook, swatch_box
 from mscn_geo.reader import open_scene
 
 NAMES = ["forest", "river", "denseresidential"]
@@ -110,50 +103,6 @@ def test_missing_overviews_are_reported(tmp_path: Path) -> None:
     quicklook = render_quicklook(info, classes, NAMES, COLOURS, max_side=300)
     assert quicklook.map_size == (300, 100)
     assert "no overviews" in quicklook.warnings[0]
-
-
-def test_a_scene_picture_read_beforehand_gives_the_same_quicklook(tmp_path: Path) -> None:
-    scene = grey_scene(tmp_path / "scene.tif", 900, 300, overviews=False)
-    classes = class_raster(tmp_path / "classes.tif", 900, 300)
-    info = open_scene(scene, ["red", "green", "blue"])
-    picture = read_scene_picture(info, max_side=300)
-    assert picture.rgb.shape == (100, 300, 3) and not picture.valid[:, :30].any()
-    early = render_quicklook(info, classes, NAMES, COLOURS, max_side=300, scene=picture)
-    late = render_quicklook(info, classes, NAMES, COLOURS, max_side=300)
-    assert np.array_equal(np.asarray(early.image), np.asarray(late.image))
-    assert early.warnings == late.warnings and "no overviews" in early.warnings[0]
-    with pytest.raises(ValueError, match="scene picture of"):
-        render_quicklook(info, classes, NAMES, COLOURS, max_side=600, scene=picture)
-
-
-def test_classify_reads_the_quicklooks_scene_on_its_own_thread(
-    make_scene, tiny_model, tmp_path, monkeypatch
-) -> None:
-    import threading
-
-    from mscn_geo import classify as classify_module
-    from tests.conftest import classify_and_read
-
-    threads = []
-
-    def read(info, *args):
-        threads.append(threading.current_thread().name)
-        return read_scene_picture(info, *args)
-
-    monkeypatch.setattr(classify_module, "read_scene_picture", read)
-    scene = make_scene(256, 192, nodata_cols=20)
-    result, *_ = classify_and_read(scene, tiny_model, tmp_path / "out")
-    assert len(threads) == 1 and threads[0].startswith("mscn-geo-quicklook")
-    info = open_scene(scene, tiny_model.meta.bands)
-    late = render_quicklook(
-        info,
-        result.outputs["raster"],
-        tiny_model.meta.class_names,
-        class_colours(tiny_model.meta.class_names),
-        shares=[c["share"] for c in result.areas["classes"].values()],
-    )
-    written = np.asarray(Image.open(result.outputs["quicklook"]))
-    assert np.array_equal(written, np.asarray(late.image))
 
 
 @pytest.mark.parametrize("shares", [None, [0.0, 0.0, 1.0]])
