@@ -49,8 +49,10 @@ def test_pipeline_smoke(bench, tmp_path: Path) -> None:
     out = tmp_path / "pipeline.json"
     result, wall = timed(
         lambda: bench("bench_pipeline").main(
-            ["--size", "256", "--tile-size", "64", "--model", "random", "--rounds", "1"]
-            + ["--out", str(out)]
+            [
+                *("--size", "256", "--tile-size", "64", "--model", "random", "--rounds", "1"),
+                *("--out", str(out)),
+            ]
         )
     )
     assert json.loads(out.read_text()) == result
