@@ -66,7 +66,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     model = load_checkpoint() if args.model == "bundled" else random_model(args.tile_size)
     if model.meta.tile_size != args.tile_size:
         raise SystemExit(
-            f"--tile-size {args.tile_size}: the bundled model's is 256 (--model random)"
+            f"--tile-size {args.tile_size}: the bundled model's is {model.meta.tile_size} "
+            "(--model random for another)"
         )
     options = ClassifyOptions(
         batch_size=args.batch_size,
