@@ -90,6 +90,8 @@ def run(name: str, values: dict[str, Any], data: Path, heldout: Path, work: Path
         "heldout_oa": round(report["overall_accuracy"], 4),
         "heldout_kappa": round(report["kappa"], 4),
         "heldout_images": report["n_images"],
+        # train's record of the checkpoint's bf16 agreement (what --backend auto reads).
+        "bf16_agreement": summary["mixed_precision"],
     }
 
 
