@@ -156,7 +156,8 @@ def train(
     print(f"  best: {summary['checkpoint']}\n  last: {summary['last']}\n  log:  {summary['log']}")
     mixed = summary["mixed_precision"]
     if mixed is None:
-        print("  bf16 agreement: not measured here (classify runs it in float32 by default)")
+        # No forward_mixed, or bf16 would be emulated on this device.
+        print("  bf16 agreement: not measured (classify runs it in float32 by default)")
     else:
         verdict = "passes: bf16 on CPUs with native bf16" if mixed["passes"] else "fails: float32"
         print(

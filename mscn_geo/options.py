@@ -50,8 +50,9 @@ class ClassifyOptions:
         "auto",
         help="What runs the model: auto, torch, torch-bf16 (CPU: convolutions in bf16, "
         "the rest fp32) or onnxruntime (CPU, fp32). auto on CPU without AMP: torch-bf16 "
-        "where the CPU has native bf16 and the model is an MSCN, else onnxruntime when "
-        "installed, else torch (measured in the README, Performance).",
+        "where the CPU has native bf16 and the checkpoint records that bf16 agrees with "
+        "fp32 (train measures it), else onnxruntime when installed, else torch (measured "
+        "in the README, Performance).",
     )
     workers: int | None = option(
         None,
